@@ -1,0 +1,174 @@
+"""``harness`` command line. Every user-fixable problem ends as one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_verify(a: argparse.Namespace) -> None:
+    from harness.data import get_dataset
+    from harness.data.verify import verify_dataset
+
+    if a.config:
+        from harness.study import load_config
+        from harness.study.data import resolve_root
+
+        cfg = load_config(a.config)
+        name, root = cfg.dataset, resolve_root(cfg)
+    else:
+        if not a.root:
+            raise HarnessError("data verify needs --root PATH (or --config STUDY.yaml)")
+        name, root = a.dataset, Path(a.root)
+    r = verify_dataset(get_dataset(name), root)
+    print(
+        f"{r.dataset}: {r.root}: {r.num_images} images, {r.num_classes} classes, "
+        f"{r.train_images} in train classes, {r.test_images} in test classes: OK"
+    )
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from harness.study import load_config
+    from harness.study.data import prepare
+
+    cfg = load_config(a.config)
+    p = prepare(cfg, allow_download=True)
+    m = p.split.manifest
+    print(f"{cfg.name}: {len(p.images)} images; split {m['num_classes']} classes, hash {m['hash']}")
+
+
+def cmd_create(a: argparse.Namespace) -> None:
+    from harness.study import load_config
+    from harness.study.runner import create
+
+    info = create(load_config(a.config))
+    print(f"study {info['study']} ready in {info['storage']}")
+
+
+def cmd_worker(a: argparse.Namespace) -> None:
+    from harness.study import load_config
+    from harness.study.runner import run_worker
+
+    n = run_worker(load_config(a.config), a.worker)
+    print(f"worker {a.worker}: {n} trials")
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from harness.study import load_config
+    from harness.study.data import prepare
+    from harness.study.runner import create, run_worker
+
+    cfg = load_config(a.config)
+    prepare(cfg, allow_download=True)
+    create(cfg)
+    n = run_worker(cfg, 0)
+    print(f"study {cfg.name}: this run added {n} trials")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from harness.study import load_config
+    from harness.study.final import evaluate_study
+
+    df = evaluate_study(load_config(a.config))
+    cols = [c for c in ("config", "val_recall@1", "test_recall@1", "test_map@r") if c in df]
+    print(df[cols].to_string(index=False))
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from harness.report import build_report
+    from harness.study import load_config
+
+    for path in a.config:
+        out = build_report(load_config(path))
+        print(out)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from harness.bench import run_bench
+
+    run_bench(out_dir=Path(a.out), quick=a.quick)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("HARNESS_THREADS", 0)) or None,
+        help="torch CPU threads (default: torch's choice)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="verify or prepare a dataset").add_subparsers(
+        dest="data_cmd", required=True
+    )
+    v = data.add_parser("verify", help="check metadata and decode every image")
+    v.add_argument("--dataset", default="cub", help="cub or cars")
+    v.add_argument("--root", help="dataset folder")
+    v.add_argument("--config", help="take dataset and root from a study config instead")
+    v.set_defaults(func=cmd_verify)
+    pr = data.add_parser("prepare", help="resolve/download data, build caches, write the split manifest")
+    pr.add_argument("--config", required=True)
+    pr.set_defaults(func=cmd_prepare)
+
+    study = sub.add_parser("study", help="create a study, run workers").add_subparsers(
+        dest="study_cmd", required=True
+    )
+    for name, func, text in (
+        ("create", cmd_create, "create the study and its MLflow parent run"),
+        ("worker", cmd_worker, "run trials until the study budget is met"),
+        ("run", cmd_run, "prepare + create + one worker, in this process"),
+    ):
+        s = study.add_parser(name, help=text)
+        s.add_argument("--config", required=True)
+        if name == "worker":
+            s.add_argument("--worker", type=int, default=0, help="worker index (seeds its sampler)")
+        s.set_defaults(func=func)
+
+    e = sub.add_parser(
+        "evaluate", help="re-train the top configs on all train classes, score on test classes"
+    )
+    e.add_argument("--config", required=True)
+    e.set_defaults(func=cmd_evaluate)
+    r = sub.add_parser("report", help="build results/{study}/report/index.html")
+    r.add_argument("--config", required=True, nargs="+")
+    r.set_defaults(func=cmd_report)
+    b = sub.add_parser("bench", help="throughput: raw timm step vs harness step, own vs PML miners")
+    b.add_argument("--out", default="bench/results")
+    b.add_argument("--quick", action="store_true", help="smallest sizes only")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _threads(args.threads)
+    try:
+        args.func(args)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

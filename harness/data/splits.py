@@ -1,0 +1,103 @@
+"""Class-disjoint splits: validation classes are carved out of the TRAIN classes only.
+
+Hyperparameter search sees ``train`` and ``val``; ``test`` is read only by the final evaluation.
+The manifest written next to every study records the class ids of each split and a hash, and
+``make_split`` refuses to return overlapping splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.base import ImageList
+from harness.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into the full dataset's ImageList, one per role."""
+
+    images: ImageList
+    train: np.ndarray  # train classes minus validation classes: what HPO trains on
+    val: np.ndarray  # validation classes (carved from train classes): what HPO scores on
+    test: np.ndarray  # official test classes: final evaluation only
+    manifest: dict
+
+    @property
+    def trainval(self) -> np.ndarray:
+        """All official train classes: what the chosen configs are re-trained on."""
+        return np.sort(np.concatenate([self.train, self.val]))
+
+    def labels(self, idx: np.ndarray) -> np.ndarray:
+        return self.images.labels[idx]
+
+
+def make_split(
+    images: ImageList,
+    train_classes: range | list[int],
+    test_classes: range | list[int],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    present = set(images.classes.tolist())
+    train_c = np.array(sorted(c for c in train_classes if c in present), dtype=np.int64)
+    test_c = np.array(sorted(c for c in test_classes if c in present), dtype=np.int64)
+    if len(train_c) < 4 or len(test_c) < 2:
+        raise DataError(
+            f"{images.dataset}: only {len(train_c)} train and {len(test_c)} test classes present;"
+            " the dataset copy is incomplete"
+        )
+    rng = np.random.default_rng(seed)
+    n_val = max(2, int(round(val_fraction * len(train_c))))
+    val_c = np.sort(rng.choice(train_c, size=n_val, replace=False))
+    fit_c = np.setdiff1d(train_c, val_c)
+    for a, b, what in (
+        (fit_c, val_c, "train/val"),
+        (train_c, test_c, "train/test"),
+        (val_c, test_c, "val/test"),
+    ):
+        both = np.intersect1d(a, b)
+        if len(both):
+            raise DataError(
+                f"{what} splits share classes {both.tolist()[:10]}; the split is not class-disjoint"
+            )
+    labels = images.labels
+    idx = {
+        name: np.flatnonzero(np.isin(labels, c))
+        for name, c in (("train", fit_c), ("val", val_c), ("test", test_c))
+    }
+    classes = {"train": fit_c.tolist(), "val": val_c.tolist(), "test": test_c.tolist()}
+    body = {
+        "dataset": images.dataset,
+        "dataset_fingerprint": images.fingerprint(),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "classes": classes,
+        "num_images": {k: int(len(v)) for k, v in idx.items()},
+        "num_classes": {k: len(v) for k, v in classes.items()},
+    }
+    body["hash"] = hashlib.sha256(json.dumps(body["classes"], sort_keys=True).encode()).hexdigest()[:16]
+    body["overlap"] = {"train_val": [], "train_test": [], "val_test": []}
+    return Split(images, idx["train"], idx["val"], idx["test"], body)
+
+
+def write_manifest(split: Split, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(split.manifest, indent=1))
+    tmp.replace(path)
+
+
+def check_manifest(manifest: dict) -> None:
+    """Re-check a stored manifest (the evaluation does this before touching test classes)."""
+    c = {k: set(v) for k, v in manifest["classes"].items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if c[a] & c[b]:
+            raise DataError(f"split manifest: {a} and {b} share classes {sorted(c[a] & c[b])[:10]}")

@@ -1,0 +1,20 @@
+"""One error type for everything a user can fix; the CLI turns it into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """A problem the user can fix: bad config, missing or corrupt file, unknown name."""
+
+
+class DataError(HarnessError):
+    """Dataset files are missing, corrupt or inconsistent."""
+
+
+class ConfigError(HarnessError):
+    """A study config is invalid."""
+
+
+def unknown_name(kind: str, name: str, known: list[str] | tuple[str, ...]) -> HarnessError:
+    """The error for a registry miss, listing what would have worked."""
+    return ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")

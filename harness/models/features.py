@@ -1,0 +1,68 @@
+"""Frozen-trunk feature cache: one forward pass per (dataset, backbone, weights, image size).
+
+With ``trunk: frozen`` every trial trains only the head on these features, so a CPU study runs
+many trials for the price of one pass over the images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.data.transforms import center_crop, normalize
+from harness.models.embedder import TrunkInfo
+
+log = logging.getLogger(__name__)
+
+
+def feature_cache_path(cache_dir: Path, dataset: str, fingerprint: str, info: TrunkInfo, size: int) -> Path:
+    return Path(cache_dir) / "features" / f"{dataset}-{info.name}-{info.weights}-{size}px-{fingerprint}.npy"
+
+
+@torch.inference_mode()
+def embed_images(
+    model: nn.Module,
+    images_u8: np.ndarray,
+    info: TrunkInfo,
+    size: int,
+    device: torch.device,
+    batch_size: int = 128,
+) -> tuple[torch.Tensor, float]:
+    """Eval-mode forward of centre-cropped images; returns (outputs on CPU, images/s)."""
+    model.eval()
+    outs = []
+    t0 = time.perf_counter()
+    for start in range(0, len(images_u8), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images_u8[start : start + batch_size])).to(device)
+        x = center_crop(normalize(x, info.mean, info.std), size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outs.append(model(x).float().cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return torch.cat(outs), len(images_u8) / max(dt, 1e-9)
+
+
+def trunk_features(
+    trunk: nn.Module,
+    info: TrunkInfo,
+    images_u8: np.ndarray,
+    size: int,
+    path: Path,
+    device: torch.device,
+) -> np.ndarray:
+    """Cached trunk features (N x num_features float32), computed once and memory-mapped after."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        feats, ips = embed_images(trunk.to(device), images_u8, info, size, device)
+        log.info("trunk features for %d images at %.1f img/s -> %s", len(feats), ips, path)
+        part = path.with_name(path.name + f".{os.getpid()}.part.npy")
+        np.save(part, feats.numpy().astype(np.float32))
+        os.replace(part, path)
+    return np.load(path, mmap_mode="r")

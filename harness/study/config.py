@@ -1,0 +1,186 @@
+"""Study configs: YAML validated against schema.json, then checked against the registries."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from harness.data import DATASETS
+from harness.errors import ConfigError, unknown_name
+from harness.losses import DISTANCES
+from harness.mining import MINERS
+
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "data_root": None,
+    "download": False,
+    "image_size": 128,
+    "cache_size": None,
+    "backbone": "efficientnet_lite0",
+    "pretrained": True,
+    "checkpoint": None,
+    "trunk": "frozen",
+    "epochs": 8,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "device": "auto",
+    "workers": 1,
+    "storage": None,
+    "mlflow_uri": None,
+    "results_dir": "results",
+    "budget": {"n_trials": 20, "timeout": None},
+    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 8},
+    "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
+    "evaluate": {"top_n": 3, "seed": 0},
+    "search_space": {},
+}
+
+# Values a trial uses for a parameter the search space leaves out.
+PARAM_DEFAULTS: dict[str, Any] = {
+    "margin": 0.2,
+    "batch_p": 16,
+    "batch_k": 4,
+    "distance": "cosine",
+    "mining": "semihard",
+    "lr": 1e-4,
+    "embedding_dim": 128,
+    "weight_decay": 1e-4,
+    "refresh_every": 1,
+}
+
+# Where to look when data_root is not set: the shared read-only copies, by dataset.
+SHARED_COPIES = {"cub": "../shared/data/cub200-128"}
+
+
+def _schema() -> dict:
+    return json.loads(resources.files("harness.study").joinpath("schema.json").read_text())
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = (
+            _merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "search_space"
+            else v
+        )
+    return out
+
+
+def _schema_message(err: jsonschema.ValidationError, source: str) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "top level"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        keys = ", ".join(map(repr, extra))
+        return f"{source}: unknown key {keys} at {where}; allowed keys: {', '.join(allowed)}"
+    return f"{source}: {where}: {err.message}"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    dataset: str
+    raw: dict = field(repr=False)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["raw"][key]
+        except KeyError as e:
+            raise AttributeError(key) from e
+
+    @property
+    def results(self) -> Path:
+        return Path(self.raw["results_dir"])
+
+    @property
+    def study_dir(self) -> Path:
+        return self.results / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.results / "cache"
+
+    @property
+    def storage_url(self) -> str:
+        """An SQLAlchemy URL, or ``journal:PATH`` for the default journal file."""
+        return self.raw["storage"] or f"journal:{self.study_dir / 'optuna.journal'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.raw["mlflow_uri"] or f"sqlite:///{(self.results / 'mlflow.db').resolve()}"
+
+    @property
+    def cache_px(self) -> int:
+        return int(self.raw["cache_size"] or self.raw["image_size"])
+
+    def space_hash(self) -> str:
+        """Identifies what the trials of a stored study mean; a mismatch must not be mixed in."""
+        keys = (
+            "dataset",
+            "backbone",
+            "pretrained",
+            "checkpoint",
+            "trunk",
+            "image_size",
+            "epochs",
+            "val_fraction",
+            "seed",
+            "search_space",
+        )
+        body = json.dumps({k: self.raw[k] for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.raw)
+
+
+def parse_config(data: dict, source: str = "config") -> StudyConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a study config must be a mapping of keys to values")
+    data = {k: v for k, v in data.items() if k != "studies"}  # Snakemake's default list, see Snakefile
+    try:
+        jsonschema.validate(data, _schema())
+    except jsonschema.ValidationError as e:
+        best = jsonschema.exceptions.best_match([e]) or e
+        raise ConfigError(_schema_message(best, source)) from None
+    raw = _merge(DEFAULTS, data)
+    if raw["dataset"] not in DATASETS:
+        raise unknown_name("dataset", raw["dataset"], list(DATASETS))
+    space = raw["search_space"]
+    for key, known, kind in (("mining", MINERS, "miner"), ("distance", tuple(DISTANCES), "distance")):
+        spec = space.get(key, PARAM_DEFAULTS[key])
+        values = spec["choices"] if isinstance(spec, dict) and "choices" in spec else [spec]
+        for v in values:
+            if v not in known:
+                raise ConfigError(
+                    f"{source}: search_space.{key}: unknown {kind} {v!r}; known {kind}s: {', '.join(known)}"
+                )
+    for key, spec in space.items():
+        if isinstance(spec, dict) and "low" in spec and spec["low"] > spec["high"]:
+            raise ConfigError(f"{source}: search_space.{key}: low {spec['low']} > high {spec['high']}")
+    return StudyConfig(raw["name"], raw["dataset"], raw)
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study config {path} does not exist; see studies/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_config(data, str(path))
+
+
+def write_config(cfg: StudyConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,118 @@
+"""A study's data: resolve the root, cache decoded images (and frozen-trunk features), split.
+
+``hpo_sources`` hands out train and validation only; ``final_sources`` is the one place that
+reads the test classes, and only ``harness evaluate`` calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.data import get_dataset
+from harness.data.base import ImageList
+from harness.data.cache import load_image_cache
+from harness.data.splits import Split, make_split, write_manifest
+from harness.errors import DataError
+from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
+from harness.models.embedder import Embedder
+from harness.study.config import SHARED_COPIES, StudyConfig
+from harness.training import FeatureSource, ImageSource, Source, TrialParams
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("device: cuda requested but CUDA is not available; set device: auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_root(cfg: StudyConfig, allow_download: bool = False) -> Path:
+    """data_root if set; else the shared copy if present; else download when the config allows it."""
+    spec = get_dataset(cfg.dataset)
+    if cfg.data_root:
+        root = Path(cfg.data_root).expanduser()
+        if root.exists() or not (allow_download and cfg.download):
+            return root
+        return spec.download(root)
+    shared = SHARED_COPIES.get(cfg.dataset)
+    if shared and Path(shared).exists():
+        return Path(shared)
+    target = cfg.results / "data" / cfg.dataset
+    try:
+        return spec.find_root(target)
+    except DataError:
+        pass
+    if allow_download and cfg.download:
+        log.info("no local copy of %s; downloading the official archive into %s", cfg.dataset, target)
+        return spec.download(target)
+    raise DataError(
+        f"no copy of dataset {cfg.dataset!r} found: set data_root in the study config,"
+        " or download: true to fetch the official archive"
+    )
+
+
+@dataclass
+class Prepared:
+    cfg: StudyConfig
+    images: ImageList
+    split: Split
+    images_u8: np.ndarray
+    features: np.ndarray | None
+    trunk_info: TrunkInfo
+
+
+def prepare(cfg: StudyConfig, device: torch.device | None = None, allow_download: bool = False) -> Prepared:
+    """Idempotent: the first call decodes and embeds, every later one memory-maps the caches."""
+    device = device or resolve_device(cfg.device)
+    spec = get_dataset(cfg.dataset)
+    root = resolve_root(cfg, allow_download)
+    images = spec.load(root, strict_counts=cfg.data_root is None)
+    split = make_split(images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed)
+    write_manifest(split, cfg.study_dir / "split_manifest.json")
+    images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
+    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+    features = None
+    if cfg.trunk == "frozen":
+        path = feature_cache_path(cfg.cache_dir, cfg.dataset, images.fingerprint(), info, cfg.image_size)
+        features = trunk_features(trunk, info, images_u8, cfg.image_size, path, device)
+    return Prepared(cfg, images, split, images_u8, features, info)
+
+
+def _source(prep: Prepared, idx: np.ndarray, device: torch.device, seed: int) -> Source:
+    labels = prep.images.labels
+    if prep.features is not None:
+        return FeatureSource(prep.features, labels, idx, device)
+    info = prep.trunk_info
+    return ImageSource(prep.images_u8, labels, idx, prep.cfg.image_size, info.mean, info.std, device, seed)
+
+
+def hpo_sources(prep: Prepared, device: torch.device) -> tuple[Source, Source]:
+    """Train-minus-val and val classes: everything hyperparameter search may see."""
+    return _source(prep, prep.split.train, device, prep.cfg.seed), _source(prep, prep.split.val, device, 0)
+
+
+def final_sources(prep: Prepared, device: torch.device, seed: int) -> tuple[Source, Source]:
+    """All train classes and the TEST classes: for the final evaluation of chosen configs only."""
+    return _source(prep, prep.split.trainval, device, seed), _source(prep, prep.split.test, device, 0)
+
+
+def build_model(prep: Prepared, params: TrialParams, device: torch.device) -> nn.Module:
+    """A fresh model for one trial: the head alone on frozen features, or trunk + head."""
+    cfg = prep.cfg
+    head = EmbeddingHead(prep.trunk_info.num_features, params.embedding_dim)
+    if cfg.trunk == "frozen":
+        return head.to(device)
+    trunk, _ = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+    model = Embedder(trunk, head).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model

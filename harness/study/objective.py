@@ -1,0 +1,124 @@
+"""The Optuna objective: one trial = train on train-minus-val classes, score on val classes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+import torch
+
+from harness.study.config import PARAM_DEFAULTS, StudyConfig
+from harness.study.data import Prepared, build_model, hpo_sources
+from harness.tracking import Tracker
+from harness.training import TrainingDiverged, TrialParams, train
+
+log = logging.getLogger(__name__)
+
+INT_PARAMS = {"batch_p", "batch_k", "embedding_dim", "refresh_every"}
+ORDER = ("margin", "batch_p", "batch_k", "distance", "mining", "lr", "embedding_dim", "weight_decay")
+
+
+def _suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
+    if isinstance(spec, dict) and "choices" in spec:
+        return trial.suggest_categorical(key, spec["choices"])
+    if isinstance(spec, dict):
+        log_ = bool(spec.get("log", False))
+        if key in INT_PARAMS:
+            return trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=log_
+            )
+        return trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"), log=log_)
+    return spec  # fixed value: not searched, but recorded with the trial
+
+
+def suggest_params(trial: optuna.Trial, space: dict[str, Any]) -> TrialParams:
+    """Suggest names equal the config keys; a miner's own knobs exist only when it is chosen."""
+    values = {k: _suggest(trial, k, space.get(k, PARAM_DEFAULTS[k])) for k in ORDER}
+    if str(values["mining"]).startswith("offline-"):
+        values["refresh_every"] = _suggest(trial, "refresh_every", space.get("refresh_every", 1))
+    return TrialParams(**values)
+
+
+class Objective:
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        prep: Prepared,
+        device: torch.device,
+        tracker: Tracker | None = None,
+        parent_run: str | None = None,
+    ) -> None:
+        self.cfg, self.prep, self.device = cfg, prep, device
+        self.tracker, self.parent_run = tracker, parent_run
+        self.train_src, self.val_src = hpo_sources(prep, device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, self.cfg.search_space)
+        run = None
+        if self.tracker is not None and self.parent_run is not None:
+            run = self.tracker.trial_run(
+                self.parent_run, trial.number, vars(params) | {"epochs": self.cfg.epochs}
+            )
+            trial.set_user_attr("mlflow_run_id", run)
+            self.tracker.log_json(run, self.prep.split.manifest, "split_manifest.json")
+            self.tracker.log_json(run, self.cfg.to_dict(), "study_config.json")
+        best = {"value": -math.inf, "epoch": 0}
+        history: list[dict[str, float]] = []
+
+        def on_epoch(epoch: int, stats: dict[str, float]) -> None:
+            history.append(stats)
+            if run is not None:
+                self.tracker.log_metrics(run, stats, step=epoch)  # type: ignore[union-attr]
+            r1 = stats["val_recall@1"]
+            if r1 > best["value"]:
+                best.update(value=r1, epoch=epoch)
+            trial.report(r1, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val R@1 {r1:.4f}")
+
+        state = "FAIL"
+        try:
+            model = build_model(self.prep, params, self.device)
+            train(
+                model,
+                params,
+                self.train_src,
+                self.cfg.epochs,
+                self.device,
+                seed=self.cfg.seed + trial.number,
+                val_src=self.val_src,
+                on_epoch=on_epoch,
+            )
+            state = "COMPLETE"
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except TrainingDiverged as e:
+            log.warning("trial %d failed: %s", trial.number, e)
+            trial.set_user_attr("fail_reason", str(e))
+            return math.nan  # Optuna records FAIL and the study goes on
+        finally:
+            self._summarise(trial, history, best, run, state)
+        return best["value"]
+
+    def _summarise(
+        self, trial: optuna.Trial, history: list[dict[str, float]], best: dict, run: str | None, state: str
+    ) -> None:
+        if history:
+            summary = {
+                "best_epoch": best["epoch"],
+                "train_img_per_s": sum(h["train_img_per_s"] for h in history) / len(history),
+                "images_processed": history[-1]["images_processed"],
+                "active_fraction": history[-1]["active_fraction"],
+                "epochs_run": len(history),
+            }
+            for k, v in summary.items():
+                trial.set_user_attr(k, v)
+            if run is not None and self.tracker is not None:
+                self.tracker.log_metrics(
+                    run, {"best_val_recall@1": best["value"], "best_epoch": best["epoch"]}
+                )
+        if run is not None and self.tracker is not None:
+            self.tracker.end(run, state)

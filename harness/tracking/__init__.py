@@ -1,0 +1,5 @@
+"""Experiment tracking (MLflow)."""
+
+from harness.tracking.mlflow_tracker import Tracker
+
+__all__ = ["Tracker"]

@@ -1,0 +1,145 @@
+"""MLflow logging without the global fluent state, so several workers can log side by side.
+
+experiment = study; one parent run per study (tag ``harness.kind=study``); one nested run per
+trial named by its number (tag ``harness.trial``); test-phase runs tagged ``harness.phase=test``.
+Runs are found by tag before being created, so a retried trial or a rerun reuses its run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_name = experiment
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifact_root.resolve().as_uri()
+                )
+            except Exception:  # another worker created it first
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def _find(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, study: str, config: dict) -> str:
+        run_id = self._find(f"tags.`harness.kind` = 'study' and tags.`harness.study` = '{study}'")
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"study-{study}",
+                tags={"harness.kind": "study", "harness.study": study},
+            )
+            run_id = run.info.run_id
+            self.log_params(run_id, _flatten(config))
+        return run_id
+
+    def trial_run(
+        self,
+        parent_id: str,
+        number: int,
+        params: dict[str, Any],
+        phase: str = "hpo",
+        name: str | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
+        """The run of trial ``number`` in ``phase``; reused (status reset) when it already exists."""
+        key = f"{phase}-{number}" if name is None else name
+        run_id = self._find(f"tags.`harness.key` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            "harness.kind": "trial",
+            "harness.phase": phase,
+            "harness.trial": str(number),
+            "harness.key": key,
+            **(extra_tags or {}),
+        }
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=name or str(number), tags=tags)
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "harness.retried", "true")
+        self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(run_id).data.params
+        fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(fresh), 100):
+            self.client.log_batch(run_id, params=fresh[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        ms = [
+            Metric(k.replace("@", "_at_"), float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
+        for i in range(0, len(ms), 500):
+            self.client.log_batch(run_id, metrics=ms[i : i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_json(self, run_id: str, obj: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(obj, indent=1, default=str))
+            self.client.log_artifact(run_id, str(p))
+
+    def end(self, run_id: str, state: str) -> None:
+        """``state``: the Optuna trial state name; MLflow status FINISHED / KILLED / FAILED."""
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.client.set_tag(run_id, "optuna.state", state)
+        self.client.set_terminated(run_id, status=status)
+
+    def runs(self, phase: str | None = None) -> list:
+        f = "tags.`harness.kind` = 'trial'" + (f" and tags.`harness.phase` = '{phase}'" if phase else "")
+        out: list = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f, max_results=1000, page_token=token
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,15 @@
+"""Training a trial: input sources and the timed loop."""
+
+from harness.training.sources import FeatureSource, ImageSource, Source
+from harness.training.trainer import TrainingDiverged, TrialParams, embed_source, evaluate_source, train
+
+__all__ = [
+    "FeatureSource",
+    "ImageSource",
+    "Source",
+    "TrainingDiverged",
+    "TrialParams",
+    "embed_source",
+    "evaluate_source",
+    "train",
+]

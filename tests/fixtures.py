@@ -1,0 +1,145 @@
+"""Tiny synthetic copies of CUB-200-2011 and Stanford Cars in their exact official layouts.
+
+Images are small JPEGs whose colours depend on the class (plus per-image noise), so a model can
+actually learn to separate classes; everything is seeded, so two calls give identical files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+
+def _palette(n_classes: int, seed: int) -> np.ndarray:
+    """Two colours per class (top and bottom half): 6 numbers apart, so classes are separable."""
+    return np.random.default_rng(seed).integers(20, 236, size=(n_classes, 2, 3)).astype(np.float32)
+
+
+def _write_jpeg(path: Path, colours: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> None:
+    w, h = size
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[: h // 2] = colours[0]
+    img[h // 2 :] = colours[1]
+    img += rng.normal(0.0, 12.0, size=img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def make_cub(
+    root: Path,
+    n_classes: int = 200,
+    per_class: int = 3,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+) -> Path:
+    """Write ``root/CUB_200_2011`` (images/, images.txt, labels, classes, split, boxes); return it.
+
+    ``size`` is (width, height). Image ids run class by class, as in the official files.
+    """
+    cub = Path(root) / "CUB_200_2011"
+    (cub / "images").mkdir(parents=True, exist_ok=True)
+    palette = _palette(n_classes, seed)
+    rng = np.random.default_rng(seed + 1)
+    w, h = size
+    images, labels, classes, split, boxes = [], [], [], [], []
+    image_id = 0
+    for c in range(1, n_classes + 1):
+        name = f"Bird_Species_{c:03d}"
+        folder = f"{c:03d}.{name}"
+        (cub / "images" / folder).mkdir(exist_ok=True)
+        classes.append(f"{c} {folder}")
+        for k in range(1, per_class + 1):
+            image_id += 1
+            rel = f"{folder}/{name}_{k:04d}.jpg"
+            _write_jpeg(cub / "images" / rel, palette[c - 1], size, rng)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c}")
+            split.append(f"{image_id} {k % 2}")
+            boxes.append(f"{image_id} 2.0 3.0 {w - 4:.1f} {h - 6:.1f}")
+    for filename, lines in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("classes.txt", classes),
+        ("train_test_split.txt", split),
+        ("bounding_boxes.txt", boxes),
+    ):
+        (cub / filename).write_text("\n".join(lines) + "\n")
+    return cub
+
+
+_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+
+
+def _struct_array(fields: tuple[str, ...], rows: list[tuple]) -> np.ndarray:
+    """A (1, N) MATLAB struct array, the shape of the official ``annotations`` variables."""
+    arr = np.zeros((1, len(rows)), dtype=[(f, object) for f in fields])
+    for i, row in enumerate(rows):
+        arr[0, i] = row
+    return arr
+
+
+def _cell(strings: list[str]) -> np.ndarray:
+    return np.array(strings, dtype=object).reshape(1, -1)
+
+
+def make_cars(
+    root: Path,
+    layout: str = "annos",
+    n_classes: int = 196,
+    per_class: int = 2,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+    test_annos_in_devkit: bool = False,
+) -> Path:
+    """Write Stanford Cars under ``root`` in the official ``"annos"`` or ``"devkit"`` layout; return root.
+
+    Both layouts hold the same images and labels (every other image of a class is a test image),
+    so loaders of the two can be compared. ``test_annos_in_devkit`` puts
+    cars_test_annos_withlabels.mat under devkit/ instead of the root, as some copies do.
+    """
+    if layout not in ("annos", "devkit"):
+        raise ValueError(f"layout must be 'annos' or 'devkit', not {layout!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    palette = _palette(n_classes, seed)
+    rng = np.random.default_rng(seed + 1)
+    w, h = size
+    box = (np.uint16(1), np.uint16(2), np.uint16(w - 2), np.uint16(h - 3))
+    names = [f"Make{c:03d} Model {2000 + c % 13}" for c in range(1, n_classes + 1)]
+
+    if layout == "annos":
+        (root / "car_ims").mkdir(exist_ok=True)
+        rows = []
+        for c in range(1, n_classes + 1):
+            for k in range(per_class):
+                rel = f"car_ims/{len(rows) + 1:06d}.jpg"
+                _write_jpeg(root / rel, palette[c - 1], size, rng)
+                rows.append((rel, *box, np.uint16(c), np.uint8(k % 2)))
+        annotations = _struct_array(("relative_im_path", *_BOX_FIELDS, "class", "test"), rows)
+        scipy.io.savemat(root / "cars_annos.mat", {"annotations": annotations, "class_names": _cell(names)})
+        return root
+
+    for folder in ("devkit", "cars_train", "cars_test"):
+        (root / folder).mkdir(exist_ok=True)
+    train: list[tuple] = []
+    test: list[tuple] = []
+    for c in range(1, n_classes + 1):
+        for k in range(per_class):
+            rows, folder = (test, "cars_test") if k % 2 else (train, "cars_train")
+            fname = f"{len(rows) + 1:05d}.jpg"
+            _write_jpeg(root / folder / fname, palette[c - 1], size, rng)
+            rows.append((*box, np.uint16(c), fname))
+    fields = (*_BOX_FIELDS, "class", "fname")
+    scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": _cell(names)})
+    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _struct_array(fields, train)})
+    # The devkit's own test file has no labels; loaders must not use it.
+    unlabeled = [(*r[:4], r[5]) for r in test]
+    scipy.io.savemat(
+        root / "devkit" / "cars_test_annos.mat",
+        {"annotations": _struct_array((*_BOX_FIELDS, "fname"), unlabeled)},
+    )
+    test_mat = root / ("devkit" if test_annos_in_devkit else ".") / "cars_test_annos_withlabels.mat"
+    scipy.io.savemat(test_mat, {"annotations": _struct_array(fields, test)})
+    return root
