@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +90,13 @@ def make_split(
 
 
 def write_manifest(split: Split, path: Path) -> None:
+    """Atomic, and a no-op when unchanged: an untouched mtime keeps Snakemake from re-running jobs."""
+    text = json.dumps(split.manifest, indent=1)
+    if path.is_file() and path.read_text() == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split.manifest, indent=1))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-slow lint dry-run mlflow dashboard clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+## make demo: run the default study pipeline end to end (data -> study -> evaluate -> report)
+demo: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local
+	@echo "report: results/cub-demo/report/index.html"
+
+## make test: lint + the default test suite (CPU, tiny generated data)
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+## make test-slow: the tests on the real CUB-128 copy in ../shared/data
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check harness tests bench workflow/scripts
+	$(BIN)/ruff format --check harness tests bench workflow/scripts
+	$(BIN)/mypy harness
+	$(BIN)/snakemake --lint > /dev/null
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake -n --profile workflow/profiles/local
+
+mlflow: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000
+
+dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard results/cub-demo/optuna.journal --port 8080
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,284 @@
+"""The CLI's contract for user-fixable problems: exit code 2 and ONE stderr line ``error: ...``.
+
+Most cases run in-process (``main([...])`` + capsys: torch is imported once); a few run the real
+entry point in a subprocess. ``data verify`` insists on the official image count (11788), so the
+small fixtures are verified with that count lifted, and one exact-count fixture checks the
+subprocess path end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures import make_cub
+
+from harness.cli import main
+from harness.data import DATASETS
+from harness.mining import MINERS
+
+FIRST_IMAGE = "images/001.Bird_Species_001/Bird_Species_001_0001.jpg"
+TEST_IMAGE = "images/150.Bird_Species_150/Bird_Species_150_0002.jpg"
+
+
+def run_subprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def one_error_line(code: int, stderr: str) -> str:
+    """Assert the CLI's error contract; return the message after ``error: ``."""
+    lines = stderr.splitlines()
+    assert code == 2, stderr
+    assert len(lines) == 1, f"expected one stderr line, got {lines}"
+    assert lines[0].startswith("error: ")
+    return lines[0].removeprefix("error: ")
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def any_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``data verify`` accept a fixture with fewer than the official 11788 images."""
+    monkeypatch.setattr(DATASETS["cub"], "num_images", None)
+
+
+@pytest.fixture
+def cub(tmp_path: Path) -> Path:
+    return make_cub(tmp_path / "data", per_class=2)
+
+
+# --- data verify ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exact_cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixture with exactly the official counts: 200 classes, 11788 images (class 200 is short)."""
+    cub = make_cub(tmp_path_factory.mktemp("exact"), per_class=59, size=(16, 16))
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        path = cub / name
+        path.write_text("\n".join(path.read_text().splitlines()[:11788]) + "\n")
+    return cub
+
+
+def test_verify_exact_count_fixture_passes(exact_cub: Path, tmp_path: Path) -> None:
+    r = run_subprocess(["data", "verify", "--dataset", "cub", "--root", str(exact_cub)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "11788 images, 200 classes, 5900 in train classes, 5888 in test classes: OK" in r.stdout
+
+
+def test_verify_exact_count_fixture_corrupt_jpeg(exact_cub: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "CUB_200_2011"
+    shutil.copytree(exact_cub, copy, copy_function=os.link)  # hard links: unlink before changing one
+    bad = copy / TEST_IMAGE
+    bad.unlink()
+    bad.write_bytes(b"\x00not a jpeg\x00" * 64)
+    r = run_subprocess(["data", "verify", "--dataset", "cub", "--root", str(copy)], tmp_path)
+    msg = one_error_line(r.returncode, r.stderr)
+    assert str(bad) in msg and "corrupt image" in msg
+    assert (exact_cub / TEST_IMAGE).read_bytes()[:2] == b"\xff\xd8"  # the shared fixture is intact
+
+
+def test_verify_small_fixture_is_rejected_by_the_official_count(cub: Path, tmp_path: Path) -> None:
+    """``data verify`` loads with strict_counts=True: a 400-image fixture cannot pass.
+
+    (``study run`` on the same folder as data_root loads with strict_counts=False and works.)
+    """
+    r = run_subprocess(["data", "verify", "--dataset", "cub", "--root", str(cub.parent)], tmp_path)
+    msg = one_error_line(r.returncode, r.stderr)
+    assert "expected 11788 images, found 400" in msg
+    assert str(cub / "images.txt") in msg
+
+
+def test_verify_small_fixture_passes_without_count_check(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    assert code == 0, err
+    assert err == ""
+    assert "400 images, 200 classes, 200 in train classes, 200 in test classes: OK" in out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b"GIF89a garbage " * 40, id="garbage"),
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated-half"),
+        pytest.param(lambda b: b[:-2], id="truncated-end"),
+        pytest.param(lambda b: b"", id="empty"),
+    ],
+)
+def test_verify_corrupt_jpeg_names_the_file(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str], damage
+) -> None:
+    bad = cub / TEST_IMAGE
+    bad.write_bytes(damage(bad.read_bytes()))
+    code, out, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    msg = one_error_line(code, err)
+    assert f"corrupt image {bad} (" in msg
+    assert "more bad files" not in msg
+    assert out == ""
+
+
+def test_verify_counts_further_bad_files(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for rel in (FIRST_IMAGE, TEST_IMAGE):
+        (cub / rel).write_bytes(b"junk")
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    msg = one_error_line(code, err)
+    assert str(cub / FIRST_IMAGE) in msg  # the first bad file in metadata order
+    assert msg.endswith("(and 1 more bad files)")
+
+
+def test_verify_missing_image_names_it(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (cub / TEST_IMAGE).unlink()
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    msg = one_error_line(code, err)
+    assert "missing" in msg and str(cub / TEST_IMAGE) in msg
+
+
+def test_verify_missing_labels_file_names_it(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (cub / "image_class_labels.txt").unlink()
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    msg = one_error_line(code, err)
+    assert str(cub / "image_class_labels.txt") in msg
+
+
+def test_verify_unlabelled_image_names_it(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = cub / "image_class_labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    msg = one_error_line(code, err)
+    assert str(labels) in msg and "image id 400" in msg
+
+
+def test_verify_malformed_metadata_names_file_and_line(
+    cub: Path, any_count: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = cub / "images.txt"
+    lines = images.read_text().splitlines()
+    lines[4] = "5"
+    images.write_text("\n".join(lines) + "\n")
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
+    assert f"{images}:5:" in one_error_line(code, err)
+
+
+def test_verify_nonexistent_root(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder"
+    r = run_subprocess(["data", "verify", "--dataset", "cub", "--root", str(missing)], tmp_path)
+    msg = one_error_line(r.returncode, r.stderr)
+    assert str(missing) in msg and "does not exist" in msg
+
+
+def test_verify_root_without_metadata(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["data", "verify", "--dataset", "cub", "--root", str(tmp_path)], capsys)
+    assert "no images.txt" in one_error_line(code, err)
+
+
+def test_verify_unknown_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["data", "verify", "--dataset", "imagenet", "--root", str(tmp_path)], capsys)
+    msg = one_error_line(code, err)
+    assert "'imagenet'" in msg and "cars" in msg and "cub" in msg
+
+
+def test_verify_needs_root_or_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["data", "verify", "--dataset", "cub"], capsys)
+    assert "--root" in one_error_line(code, err)
+
+
+# --- study configs -------------------------------------------------------------------------------
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_miner_lists_known_miners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_yaml(
+        tmp_path / "study.yaml",
+        {"name": "x", "dataset": "cub", "search_space": {"mining": {"choices": ["semihard", "hardest"]}}},
+    )
+    code, _, err = cli(["study", "run", "--config", str(cfg)], capsys)
+    msg = one_error_line(code, err)
+    assert "search_space.mining" in msg and "'hardest'" in msg
+    known = msg.split("known miners: ")[1]
+    assert known.split(", ") == list(MINERS)
+    for name in ("all", "semihard", "hard", "batch-hard", "distance-weighted", "random", "offline-hard"):
+        assert name in known.split(", ")
+    assert not (tmp_path / "results").exists()  # nothing prepared before the config is checked
+
+
+def test_unknown_fixed_distance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_yaml(
+        tmp_path / "study.yaml", {"name": "x", "dataset": "cub", "search_space": {"distance": "manhattan"}}
+    )
+    code, _, err = cli(["study", "run", "--config", str(cfg)], capsys)
+    msg = one_error_line(code, err)
+    assert "'manhattan'" in msg and "cosine" in msg
+
+
+def test_unknown_top_level_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_yaml(tmp_path / "study.yaml", {"name": "x", "dataset": "cub", "epochz": 3})
+    code, _, err = cli(["study", "run", "--config", str(cfg)], capsys)
+    msg = one_error_line(code, err)
+    assert "unknown key 'epochz' at top level" in msg and str(cfg) in msg
+    assert "epochs" in msg.split("allowed keys: ")[1]
+
+
+def test_unknown_search_space_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_yaml(
+        tmp_path / "study.yaml", {"name": "x", "dataset": "cub", "search_space": {"miner": "semihard"}}
+    )
+    code, _, err = cli(["study", "run", "--config", str(cfg)], capsys)
+    assert "unknown key 'miner' at search_space" in one_error_line(code, err)
+
+
+def test_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("name: x\ndataset: [cub\n")
+    code, _, err = cli(["study", "run", "--config", str(cfg)], capsys)
+    assert "not valid YAML" in one_error_line(code, err)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = run_subprocess(["study", "run", "--config", "nope.yaml"], tmp_path)
+    msg = one_error_line(r.returncode, r.stderr)
+    assert "nope.yaml" in msg and "does not exist" in msg
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["report"], ["study", "create"], ["data", "prepare"]])
+def test_missing_config_file_every_command(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli([*command, "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert "does not exist" in one_error_line(code, err)
+
+
+# --- help ----------------------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    r = run_subprocess(["--help"], tmp_path)
+    assert r.returncode == 0
+    for command in ("data", "study", "evaluate", "report", "bench"):
+        assert command in r.stdout
+    assert "{data,study,evaluate,report,bench}" in r.stdout
