@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -63,7 +64,7 @@ def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters
         opt.step()
 
     trunk = timm.create_model(backbone, pretrained=False, num_classes=0)
-    model = Embedder(trunk, EmbeddingHead(trunk.num_features, 128)).to(device)
+    model = Embedder(trunk, EmbeddingHead(int(trunk.num_features), 128)).to(device)
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dist = get_distance("cosine")
     miner, loss_fn = get_miner("semihard", dist, 0.2), TripletLoss(0.2, dist)
@@ -88,7 +89,7 @@ def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters
     }
 
 
-PML_REFERENCE: dict[str, Callable[[object, float], object]] = {
+PML_REFERENCE: dict[str, Callable[[Any, float], Any]] = {
     "all": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="all", distance=d),
     "semihard": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="semihard", distance=d),
     "hard": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="hard", distance=d),
@@ -136,7 +137,7 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
     sizes = [128, 512] if cpu else [128, 512, 2048]
     if quick:
         sizes = [64]
-    result = {
+    result: dict[str, Any] = {
         "device": device_name(device),
         "torch": torch.__version__,
         "timm": timm.__version__,

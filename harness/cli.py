@@ -1,14 +1,17 @@
-"""``harness`` command line. Every user-fixable problem ends as one line on stderr and exit 2."""
+"""harness: tune and compare triplet-loss metric learning (data, study, evaluate, report, bench).
+
+Every user-fixable problem ends as one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.pipeline import setup_logging
 
 
 def _threads(n: int | None) -> None:
@@ -155,12 +158,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=args.verbose)
     _threads(args.threads)
     try:
         args.func(args)

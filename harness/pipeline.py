@@ -1,19 +1,28 @@
-"""Glue for the Snakemake scripts: route a rule's logging to its log file, set its threads."""
+"""Logging set-up shared by the CLI and the Snakemake scripts."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+NOISY = ("alembic", "mlflow", "urllib3", "matplotlib", "PIL")
+
+
+def setup_logging(stream: TextIO | None = None, verbose: bool = False) -> None:
+    logging.basicConfig(
+        stream=stream, level=logging.DEBUG if verbose else logging.INFO, format=FORMAT, force=True
+    )
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def rule_logging(log_path: str, threads: int | None = None) -> None:
+    """For a Snakemake script: everything it prints or logs goes to the rule's log file."""
     handle = open(log_path, "a", buffering=1)
     sys.stderr = sys.stdout = handle
-    logging.basicConfig(
-        stream=handle, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(handle)
     if threads:
         import torch
 

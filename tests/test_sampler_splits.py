@@ -195,8 +195,8 @@ def test_center_crop_values() -> None:
 
 
 @pytest.mark.xfail(
-    reason="BUG harness/data/transforms.py:23-26 center_crop: size > image gives negative offsets, and"
-    " the slice x[..., -k : -k + size] silently returns the bottom-right ((size - h) / 2)-px square"
+    reason="BUG harness/data/transforms.py:23-26 center_crop: for size > image the negative offset in"
+    " x[..., top : top + size] with top < 0 silently returns the bottom-right ((size - h) / 2)-px square"
     " (8x8 input, size 12 -> 2x2) instead of failing; reachable via cache_size < image_size",
     strict=True,
 )

@@ -223,7 +223,6 @@ def test_suggest_params_fixed_values_are_not_searched() -> None:
 
 
 def test_refresh_every_is_suggested_only_for_offline_mining() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
     chosen: list[TrialParams] = []
 
@@ -231,7 +230,12 @@ def test_refresh_every_is_suggested_only_for_offline_mining() -> None:
         chosen.append(suggest_params(trial, SPACE))
         return 0.0
 
-    study.optimize(objective, n_trials=30)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study.optimize(objective, n_trials=30)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     kinds = set()
     for trial, p in zip(study.trials, chosen):
         offline = p.mining.startswith("offline-")
