@@ -64,7 +64,8 @@ def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters
         opt.step()
 
     trunk = timm.create_model(backbone, pretrained=False, num_classes=0)
-    model = Embedder(trunk, EmbeddingHead(int(trunk.num_features), 128)  # type: ignore[arg-type]).to(device)
+    width: int = trunk.num_features  # type: ignore[assignment]
+    model = Embedder(trunk, EmbeddingHead(width, 128)).to(device)
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dist = get_distance("cosine")
     miner, loss_fn = get_miner("semihard", dist, 0.2), TripletLoss(0.2, dist)
