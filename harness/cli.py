@@ -30,12 +30,12 @@ def cmd_verify(a: argparse.Namespace) -> None:
         from harness.study.data import resolve_root
 
         cfg = load_config(a.config)
-        name, root = cfg.dataset, resolve_root(cfg)
+        name, root, strict = cfg.dataset, resolve_root(cfg), cfg.strict_counts
     else:
         if not a.root:
             raise HarnessError("data verify needs --root PATH (or --config STUDY.yaml)")
-        name, root = a.dataset, Path(a.root)
-    r = verify_dataset(get_dataset(name), root)
+        name, root, strict = a.dataset, Path(a.root), not a.partial
+    r = verify_dataset(get_dataset(name), root, strict)
     print(
         f"{r.dataset}: {r.root}: {r.num_images} images, {r.num_classes} classes, "
         f"{r.train_images} in train classes, {r.test_images} in test classes: OK"
@@ -122,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--dataset", default="cub", help="cub or cars")
     v.add_argument("--root", help="dataset folder")
     v.add_argument("--config", help="take dataset and root from a study config instead")
+    v.add_argument("--partial", action="store_true", help="a subset: skip the official image/class counts")
     v.set_defaults(func=cmd_verify)
     pr = data.add_parser("prepare", help="resolve/download data, build caches, write the split manifest")
     pr.add_argument("--config", required=True)

@@ -142,31 +142,16 @@ def test_space_hash() -> None:
     assert cosmetic.space_hash() == base.space_hash()
 
 
-@pytest.mark.xfail(
-    reason="BUG harness/study/config.py parse_config: cache_size < image_size is accepted; the centre"
-    " crop (transforms.center_crop) of a 64 px cache to 128 px then silently yields a 32 px corner",
-    strict=True,
-)
 def test_cache_size_below_image_size_is_rejected() -> None:
     assert "cache_size" in error(cfg(image_size=128, cache_size=64))
 
 
-@pytest.mark.xfail(
-    reason="BUG harness/study/config.py:125-140 space_hash omits cache_size, although the frozen-trunk"
-    " features are centre crops of the cache_size image, so trials with different cache sizes mix",
-    strict=True,
-)
 def test_space_hash_depends_on_cache_size() -> None:
     a = parse_config(cfg(image_size=128))
     b = parse_config(cfg(image_size=128, cache_size=160))
     assert a.space_hash() != b.space_hash()
 
 
-@pytest.mark.xfail(
-    reason="GAP harness/study/config.py parse_config: batch_p/batch_k ranges reaching below 2 are"
-    " accepted; PKSampler raises ConfigError only when a trial samples 1, which aborts the study",
-    strict=True,
-)
 @pytest.mark.parametrize("key", ["batch_p", "batch_k"])
 def test_batch_sizes_below_two_are_rejected_early(key: str) -> None:
     assert key in error(cfg(search_space={key: {"low": 1, "high": 8}}))

@@ -36,6 +36,7 @@ def tiny_config(root: Path, results: Path, n_trials: int = 4) -> dict:
         "name": NAME,
         "dataset": "cub",
         "data_root": str(root),
+        "strict_counts": False,
         "results_dir": str(results),
         "backbone": "test_efficientnet",
         "pretrained": False,
@@ -152,12 +153,6 @@ def test_test_csv_has_baseline_and_top_configs(pipeline: Run) -> None:
     assert [int(x) for x in df["trial"].iloc[1:]] == [t.number for t in top]
 
 
-@pytest.mark.xfail(
-    reason="harness/study/final.py evaluate_study rebuilds TrialParams from trial.params only, so a"
-    " value fixed in search_space (embedding_dim: 16) falls back to PARAM_DEFAULTS (128) in the"
-    " final re-training",
-    strict=True,
-)
 def test_evaluate_retrains_with_the_trials_fixed_params(pipeline: Run) -> None:
     df = pd.read_csv(pipeline.study_dir / "test.csv")
     assert (df["embedding_dim"].iloc[1:] == 16).all()

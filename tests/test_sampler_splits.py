@@ -194,12 +194,6 @@ def test_center_crop_values() -> None:
     assert out[0].tolist() == expected
 
 
-@pytest.mark.xfail(
-    reason="BUG harness/data/transforms.py:23-26 center_crop: for size > image the negative offset in"
-    " x[..., top : top + size] with top < 0 silently returns the bottom-right ((size - h) / 2)-px square"
-    " (8x8 input, size 12 -> 2x2) instead of failing; reachable via cache_size < image_size",
-    strict=True,
-)
 def test_center_crop_larger_than_image_is_not_silent() -> None:
     x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
     try:

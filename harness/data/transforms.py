@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from harness.errors import ConfigError
+
 
 def normalize(x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """NHWC uint8 -> NCHW float normalised."""
@@ -22,6 +24,8 @@ def normalize(x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
+    if size > h or size > w:
+        raise ConfigError(f"cannot centre-crop {size}px from {h}x{w} images; set cache_size >= image_size")
     top, left = (h - size) // 2, (w - size) // 2
     return x[..., top : top + size, left : left + size]
 

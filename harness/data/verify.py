@@ -41,8 +41,9 @@ def verify_images(images: ImageList, threads: int | None = None) -> None:
         raise DataError(problems[0] + more)
 
 
-def verify_dataset(spec, root: Path) -> VerifyReport:  # spec: a registry dataset (CUB200, Cars196)
-    images: ImageList = spec.load(root)
+def verify_dataset(spec, root: Path, strict_counts: bool = True) -> VerifyReport:
+    """``spec``: a registry dataset (CUB200, Cars196); ``strict_counts``: official image/class counts."""
+    images: ImageList = spec.load(root, strict_counts=strict_counts)
     verify_images(images)
     labels = images.labels
     return VerifyReport(

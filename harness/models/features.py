@@ -21,8 +21,12 @@ from harness.models.embedder import TrunkInfo
 log = logging.getLogger(__name__)
 
 
-def feature_cache_path(cache_dir: Path, dataset: str, fingerprint: str, info: TrunkInfo, size: int) -> Path:
-    return Path(cache_dir) / "features" / f"{dataset}-{info.name}-{info.weights}-{size}px-{fingerprint}.npy"
+def feature_cache_path(
+    cache_dir: Path, dataset: str, fingerprint: str, info: TrunkInfo, size: int, cache_px: int
+) -> Path:
+    """Keyed by all the features depend on: the crop size AND the cached image it is cut from."""
+    name = f"{dataset}-{info.name}-{info.weights}-{size}of{cache_px}px-{fingerprint}.npy"
+    return Path(cache_dir) / "features" / name
 
 
 @torch.inference_mode()

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "description": "",
     "data_root": None,
     "download": False,
+    "strict_counts": True,  # false only for subsets and generated fixtures
     "image_size": 128,
     "cache_size": None,
     "backbone": "efficientnet_lite0",
@@ -131,6 +132,7 @@ class StudyConfig:
             "checkpoint",
             "trunk",
             "image_size",
+            "cache_size",
             "epochs",
             "val_fraction",
             "seed",
@@ -141,6 +143,13 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         return copy.deepcopy(self.raw)
+
+
+def _values(spec: Any) -> list:
+    """The values a search-space entry can take (a range's endpoints)."""
+    if isinstance(spec, dict):
+        return list(spec["choices"]) if "choices" in spec else [spec["low"], spec["high"]]
+    return [spec]
 
 
 def parse_config(data: dict, source: str = "config") -> StudyConfig:
@@ -154,12 +163,15 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
         raise ConfigError(_schema_message(best, source)) from None
     raw = _merge(DEFAULTS, data)
     if raw["dataset"] not in DATASETS:
-        raise unknown_name("dataset", raw["dataset"], list(DATASETS))
+        raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], list(DATASETS))}")
+    if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
+        raise ConfigError(
+            f"{source}: cache_size {raw['cache_size']} < image_size {raw['image_size']}; the cache must"
+            " hold the crop: raise cache_size or leave it null"
+        )
     space = raw["search_space"]
     for key, known, kind in (("mining", MINERS, "miner"), ("distance", tuple(DISTANCES), "distance")):
-        spec = space.get(key, PARAM_DEFAULTS[key])
-        values = spec["choices"] if isinstance(spec, dict) and "choices" in spec else [spec]
-        for v in values:
+        for v in _values(space.get(key, PARAM_DEFAULTS[key])):
             if v not in known:
                 raise ConfigError(
                     f"{source}: search_space.{key}: unknown {kind} {v!r}; known {kind}s: {', '.join(known)}"
@@ -167,6 +179,10 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
     for key, spec in space.items():
         if isinstance(spec, dict) and "low" in spec and spec["low"] > spec["high"]:
             raise ConfigError(f"{source}: search_space.{key}: low {spec['low']} > high {spec['high']}")
+    for key in ("batch_p", "batch_k"):
+        lowest = min(_values(space.get(key, PARAM_DEFAULTS[key])))
+        if lowest < 2:
+            raise ConfigError(f"{source}: search_space.{key}: values must be >= 2 for triplets, got {lowest}")
     return StudyConfig(raw["name"], raw["dataset"], raw)
 
 

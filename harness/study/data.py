@@ -75,14 +75,16 @@ def prepare(cfg: StudyConfig, device: torch.device | None = None, allow_download
     device = device or resolve_device(cfg.device)
     spec = get_dataset(cfg.dataset)
     root = resolve_root(cfg, allow_download)
-    images = spec.load(root, strict_counts=cfg.data_root is None)
+    images = spec.load(root, strict_counts=cfg.strict_counts)
     split = make_split(images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed)
     write_manifest(split, cfg.study_dir / "split_manifest.json")
     images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
     features = None
     if cfg.trunk == "frozen":
-        path = feature_cache_path(cfg.cache_dir, cfg.dataset, images.fingerprint(), info, cfg.image_size)
+        path = feature_cache_path(
+            cfg.cache_dir, cfg.dataset, images.fingerprint(), info, cfg.image_size, cfg.cache_px
+        )
         features = trunk_features(trunk, info, images_u8, cfg.image_size, path, device)
     return Prepared(cfg, images, split, images_u8, features, info)
 

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from harness.data.splits import check_manifest
 from harness.errors import HarnessError
@@ -41,6 +41,14 @@ def baseline_metrics(prep: Prepared, device: torch.device) -> dict[str, float]:
     m = retrieval_metrics(feats, prep.images.labels[idx], distance="cosine", nmi=True)
     m["eval_s"] = time.perf_counter() - t0
     return m
+
+
+def trial_params(trial: FrozenTrial, cfg: StudyConfig) -> TrialParams:
+    """Everything the trial trained with: searched values AND values fixed in the search space."""
+    if "trial_params" in trial.user_attrs:
+        return TrialParams(**trial.user_attrs["trial_params"])
+    fixed = {k: v for k, v in cfg.search_space.items() if not isinstance(v, dict)}
+    return TrialParams(**{k: trial.params.get(k, fixed.get(k, PARAM_DEFAULTS[k])) for k in PARAM_DEFAULTS})
 
 
 def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
@@ -75,7 +83,7 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
     tracker.log_metrics(run, {f"test_{k}": v for k, v in base.items()})
     tracker.end(run, "COMPLETE")
     for rank, trial in enumerate(top, start=1):
-        params = TrialParams(**{k: trial.params.get(k, PARAM_DEFAULTS[k]) for k in PARAM_DEFAULTS})
+        params = trial_params(trial, cfg)
         epochs = int(trial.user_attrs.get("best_epoch") or cfg.epochs)
         log.info("rank %d: trial %d %s, %d epochs on all train classes", rank, trial.number, params, epochs)
         torch.manual_seed(seed)

@@ -56,6 +56,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.cfg.search_space)
+        trial.set_user_attr("trial_params", vars(params))  # fixed values too: evaluate re-trains with these
         run = None
         if self.tracker is not None and self.parent_run is not None:
             run = self.tracker.trial_run(
