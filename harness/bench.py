@@ -113,6 +113,7 @@ def miner_bench(name: str, b: int, dim: int, device: torch.device, iters: int) -
     return {
         "miner": name,
         "impl": impl,
+        "reference": type(ref).__name__,
         "batch_size": b,
         "dim": dim,
         "ours_ms": 1e3 * t_ours,

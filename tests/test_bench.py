@@ -1,0 +1,27 @@
+"""The bench runs end to end (quick sizes) and writes its ratio tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from harness.bench import run_bench
+from harness.mining import ONLINE
+
+
+def test_quick_bench_writes_ratios(tmp_path: Path) -> None:
+    result = run_bench(tmp_path, quick=True, device=torch.device("cpu"))
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md"]
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert stored["device"].startswith("CPU")
+    (step,) = stored["steps"]
+    assert step["raw_img_per_s"] > 0 and step["harness_img_per_s"] > 0
+    assert abs(step["ratio"] - step["harness_img_per_s"] / step["raw_img_per_s"]) < 1e-9
+    assert sorted(m["miner"] for m in stored["miners"]) == sorted(ONLINE)
+    for m in stored["miners"]:
+        assert abs(m["speedup"] - m["pml_ms"] / m["ours_ms"]) < 1e-9
+    table = next(tmp_path.glob("*.md")).read_text()
+    assert table.count("\n| ") == len(result["steps"]) + len(result["miners"]) + 2  # + 2 header rows
