@@ -16,6 +16,11 @@ def setup_logging(stream: TextIO | None = None, verbose: bool = False) -> None:
     )
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    # Optuna's own handler is bound to the stderr of import time; route its messages through ours.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 def rule_logging(log_path: str, threads: int | None = None) -> None:

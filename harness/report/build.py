@@ -297,7 +297,9 @@ def build_report(cfg: StudyConfig) -> Path:
     out.write_text(page)
     try:
         tracker = tracker_for(cfg)
-        tracker.log_file(tracker.parent_run(cfg.name, cfg.to_dict()), out, "report")
+        parent = tracker.parent_run(cfg.name, cfg.to_dict())
+        tracker.log_file(parent, out, "report")
+        tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
     except Exception as e:  # the page is the product; MLflow is a copy of it
         print(f"warning: report not logged to MLflow: {e}")
     return out
