@@ -165,8 +165,15 @@ def figures(df: pd.DataFrame, fig_dir: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def _number(v: float) -> str:
+    """4 decimals for metrics, thousands for throughput, scientific for learning rates."""
+    if v != 0 and abs(v) < 0.01:
+        return f"{v:.2e}"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
 def _table(df: pd.DataFrame, cls: str) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", classes=cls, border=0, na_rep="–")
+    return df.to_html(index=False, float_format=_number, classes=cls, border=0, na_rep="–")
 
 
 def _environment(cfg: StudyConfig) -> pd.DataFrame:
