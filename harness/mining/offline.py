@@ -20,13 +20,14 @@ class OfflineMiner(Miner):
     offline = True
 
     def __init__(
-        self, strategy: str, distance: BaseDistance, refresh_every: int = 1, chunk: int = 1024
+        self, strategy: str, distance: BaseDistance, margin: float, refresh_every: int = 1, chunk: int = 1024
     ) -> None:
         if strategy not in STRATEGIES:  # pragma: no cover - the registry checks names
             raise ValueError(strategy)
         self.name = f"offline-{strategy}"
         self.strategy = strategy
         self.distance = distance
+        self.margin = margin
         self.refresh_every = refresh_every
         self.chunk = chunk
 

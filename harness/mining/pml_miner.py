@@ -6,7 +6,8 @@ import torch
 from pytorch_metric_learning import miners
 from pytorch_metric_learning.distances import BaseDistance, LpDistance
 
-from harness.mining.base import Miner, Triplets
+from harness.losses.triplet import TripletLoss
+from harness.mining.base import LossOut, Miner, Triplets
 
 
 class PMLMiner(Miner):
@@ -14,6 +15,8 @@ class PMLMiner(Miner):
 
     def __init__(self, name: str, distance: BaseDistance, margin: float, **params: float) -> None:
         self.name = name
+        self.distance, self.margin = distance, margin
+        self.triplet_loss = TripletLoss(margin, distance)
         if name in ("all", "semihard", "hard"):
             self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=name, distance=distance)
         elif name == "batch-hard":
@@ -32,3 +35,10 @@ class PMLMiner(Miner):
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
         a, p, n = self.miner(embeddings, labels)
         return a, p, n
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
+        """PML's miner then PML's loss: the reference path (host syncs inside PML)."""
+        triplets = self(embeddings.detach(), labels)
+        loss = self.triplet_loss(embeddings, labels, triplets)
+        mined = torch.tensor(triplets[0].numel(), device=embeddings.device)
+        return loss, self.triplet_loss.active(embeddings.detach(), triplets), mined

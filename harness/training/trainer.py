@@ -7,14 +7,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from harness.data.sampler import PKSampler
 from harness.errors import HarnessError
 from harness.evaluation import retrieval_metrics
-from harness.losses import TripletLoss, get_distance
+from harness.losses import get_distance
 from harness.mining import get_miner
+from harness.mining.base import farness, indexed_loss
 from harness.training.sources import Source
 
 
@@ -75,6 +77,36 @@ def evaluate_source(
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+class PhaseTimer:
+    """Per-phase step time without host syncs: CUDA events on GPU (read once per epoch), clocks on CPU."""
+
+    PHASES = ("data_s", "forward_s", "mine_s", "loss_backward_s")
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[list] = []
+
+    def mark(self) -> object:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def step(self, marks: list) -> None:
+        self.marks.append(marks)
+
+    def totals(self) -> dict[str, float]:
+        out = dict.fromkeys(self.PHASES, 0.0)
+        if self.cuda and self.marks:
+            self.marks[-1][-1].synchronize()
+        for m in self.marks:
+            for name, a, b in zip(self.PHASES, m[:-1], m[1:]):
+                out[name] += a.elapsed_time(b) / 1000 if self.cuda else b - a
+        self.marks.clear()
+        return out
+
+
 def train(
     model: nn.Module,
     params: TrialParams,
@@ -84,13 +116,21 @@ def train(
     seed: int = 0,
     val_src: Source | None = None,
     on_epoch: EpochCallback | None = None,
+    miner_impl: str = "own",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; return one dict of statistics per epoch (``on_epoch`` sees each)."""
+    """Train ``model`` in place; return one dict of statistics per epoch (``on_epoch`` sees each).
+
+    Phases per step: data (index + augment), forward, mine (mining fused with the loss forward for
+    online miners), loss_backward (backward + optimiser step). Nothing in the step waits for the
+    device; statistics are read once per epoch.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    dev_gen = torch.Generator(device=device).manual_seed(seed)
     distance = get_distance(params.distance)
-    loss_fn = TripletLoss(params.margin, distance)
-    miner = get_miner(params.mining, distance, params.margin, gen, refresh_every=params.refresh_every)
+    miner = get_miner(
+        params.mining, distance, params.margin, dev_gen, impl=miner_impl, refresh_every=params.refresh_every
+    )
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
     )
@@ -100,72 +140,67 @@ def train(
     pool = None
     images_seen = 0
     history = []
+    timer = PhaseTimer(device)
     for epoch in range(1, epochs + 1):
         model.train()
-        t = dict.fromkeys(("data_s", "forward_s", "mine_s", "loss_backward_s", "offline_mine_s"), 0.0)
+        offline_s = 0.0
         if miner.offline:
             if pool is None or (epoch - 1) % miner.refresh_every == 0:
                 t0 = time.perf_counter()
                 emb_all = embed_source(model, train_src, device)
                 pool = miner.mine_epoch(emb_all, labels, len(train_src), gen)
                 _sync(device)
-                t["offline_mine_s"] = time.perf_counter() - t0
+                offline_s = time.perf_counter() - t0
                 images_seen += len(train_src)  # the whole-set embedding pass is compute too
             per_step = max(1, params.batch_size // 3)
-            order = pool[torch.randperm(len(pool), generator=gen).to(pool.device)][: per_epoch // 3]
-            batches = [order[s : s + per_step] for s in range(0, len(order), per_step)]
+            n_steps = max(1, (per_epoch // 3) // per_step)
+            order = pool[torch.randperm(len(pool), generator=gen).to(pool.device)]
+            order = order.repeat(-(-n_steps * per_step // max(len(order), 1)), 1)[: n_steps * per_step]
+            # one device tensor per epoch: [steps, 3 * per_step] = anchors, positives, negatives
+            batches = order.view(n_steps, per_step, 3).transpose(1, 2).reshape(n_steps, -1).to(device)
+            ar = torch.arange(per_step, device=device)
+            fixed = (ar, ar + per_step, ar + 2 * per_step)
         else:
-            batches = [torch.from_numpy(b) for b in sampler]
-        losses, active, mined, n_img = [], torch.zeros((), device=device), 0, 0
-        for b in batches:
-            t0 = time.perf_counter()
-            if miner.offline:
-                trip = b.to(device)
-                idx = trip.t().reshape(-1)  # anchors, then positives, then negatives
-                m = len(trip)
-                ar = torch.arange(m, device=device)
-                triplets = (ar, ar + m, ar + 2 * m)
-            else:
-                idx = b.to(device)
+            batches = torch.from_numpy(np.stack(list(sampler))).to(device)  # one copy per epoch
+        losses, active, mined = [], torch.zeros((), device=device), torch.zeros((), device=device)
+        for idx in batches:
+            m0 = timer.mark()
             x = train_src.batch(idx, train=True)
             y = labels[idx]
-            _sync(device)
-            t1 = time.perf_counter()
+            m1 = timer.mark()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 emb = model(x).float()
-            _sync(device)
-            t2 = time.perf_counter()
-            if not miner.offline:
-                triplets = miner(emb.detach(), y)
-            _sync(device)
-            t3 = time.perf_counter()
-            loss = loss_fn(emb, y, triplets)
+            m2 = timer.mark()
+            if miner.offline:
+                f = farness(distance, emb)
+                loss, n_active, n_mined = indexed_loss(
+                    f, *fixed, torch.ones_like(ar, dtype=torch.bool), params.margin
+                )
+            else:
+                loss, n_active, n_mined = miner.loss(emb, y)
+            m3 = timer.mark()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            _sync(device)
-            t4 = time.perf_counter()
-            t["data_s"] += t1 - t0
-            t["forward_s"] += t2 - t1
-            t["mine_s"] += t3 - t2
-            t["loss_backward_s"] += t4 - t3
+            timer.step([m0, m1, m2, m3, timer.mark()])
             losses.append(loss.detach())
-            active += loss_fn.active(emb.detach(), triplets)
-            mined += int(triplets[0].numel())
-            n_img += len(idx)
+            active += n_active
+            mined += n_mined
+        t = timer.totals() | {"offline_mine_s": offline_s}
         mean_loss = float(torch.stack(losses).mean()) if losses else 0.0
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch}; lower lr")
+        n_img = batches.numel()
         images_seen += n_img
-        step_s = t["data_s"] + t["forward_s"] + t["mine_s"] + t["loss_backward_s"]
+        step_s = sum(t[k] for k in PhaseTimer.PHASES)
         stats = {
             "epoch": float(epoch),
             "loss": mean_loss,
             "train_img_per_s": n_img / max(step_s, 1e-9),
             "step_time_ms": 1000 * step_s / max(len(batches), 1),
             **t,
-            "active_fraction": float(active) / max(mined, 1),
-            "triplets_per_step": mined / max(len(batches), 1),
+            "active_fraction": float(active) / max(float(mined), 1.0),
+            "triplets_per_step": float(mined) / max(len(batches), 1),
             "images_processed": float(images_seen),
         }
         if val_src is not None:
