@@ -73,3 +73,44 @@ def test_finetune_step_trains_trunk_and_head() -> None:
     assert len(history) == 1 and history[0]["train_img_per_s"] > 0
     moved = [not torch.equal(a, b) for a, b in zip(before, model.trunk.parameters())]
     assert any(moved)
+
+
+@pytest.mark.slow
+def test_trunk_pool_compiles_once_and_resets_weights_per_trial() -> None:
+    """A worker's later trials reuse the compiled graphs and start from the same initial weights.
+
+    (On CPU, inductor adds batch-size range guards, so a few sizes may each add a graph once; the
+    point is that a second trial with the same batch sizes compiles nothing.)
+    """
+    from torch._dynamo.utils import counters
+
+    from harness.study.config import parse_config
+    from harness.study.data import TrunkPool
+
+    cfg = parse_config(
+        {
+            "name": "x",
+            "dataset": "cub",
+            "backbone": "test_resnet",
+            "pretrained": False,
+            "trunk": "finetune",
+            "image_size": 32,
+            "compile": True,
+        }
+    )
+    pool = TrunkPool(cfg, torch.device("cpu"))
+    model = pool.get()
+    assert pool.compile_s > 0
+    sizes = (16, 32, 64)
+    for batch in sizes:  # trial 1
+        model(torch.randn(batch, 3, 32, 32)).sum().backward()
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for p in pool.trunk.parameters():
+            p.add_(1.0)
+    again = pool.get()  # trial 2
+    assert again is model
+    assert all(torch.equal(v, pool.initial[k]) for k, v in pool.trunk.state_dict().items())
+    for batch in sizes:
+        again(torch.randn(batch, 3, 32, 32)).sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled for trial 2

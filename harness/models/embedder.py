@@ -25,13 +25,18 @@ class EmbeddingHead(nn.Module):
         return F.normalize(self.fc(x.float()), dim=-1)
 
 
+def input_layout(device: torch.device) -> torch.memory_format:
+    """channels_last on GPU (tensor cores), plain NCHW on CPU; one layout keeps compiled graphs valid."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 class Embedder(nn.Module):
     def __init__(self, trunk: nn.Module, head: EmbeddingHead) -> None:
         super().__init__()
         self.trunk, self.head = trunk, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+        return self.head(self.trunk(x.contiguous(memory_format=input_layout(x.device))))
 
 
 @dataclass(frozen=True)

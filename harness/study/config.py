@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "checkpoint": None,
     "trunk": "frozen",
+    "compile": "auto",  # torch.compile the fine-tuned trunk: auto = on GPU only
     "epochs": 8,
     "val_fraction": 0.2,
     "seed": 0,

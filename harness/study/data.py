@@ -7,6 +7,7 @@ reads the test classes, and only ``harness evaluate`` calls it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from harness.data.cache import load_image_cache
 from harness.data.splits import Split, make_split, write_manifest
 from harness.errors import DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
-from harness.models.embedder import Embedder
+from harness.models.embedder import Embedder, input_layout
 from harness.study.config import SHARED_COPIES, StudyConfig
 from harness.training import FeatureSource, ImageSource, Source, TrialParams
 
@@ -107,14 +108,69 @@ def final_sources(prep: Prepared, device: torch.device, seed: int) -> tuple[Sour
     return _source(prep, prep.split.trainval, device, seed), _source(prep, prep.split.test, device, 0)
 
 
-def build_model(prep: Prepared, params: TrialParams, device: torch.device) -> nn.Module:
-    """A fresh model for one trial: the head alone on frozen features, or trunk + head."""
+def use_compile(cfg: StudyConfig, device: torch.device) -> bool:
+    """``compile: auto`` compiles the fine-tuned trunk on GPU only (CPU inductor builds cost minutes)."""
+    if cfg.compile == "auto":
+        return device.type == "cuda" and cfg.trunk == "finetune"
+    return bool(cfg.compile)
+
+
+class TrunkPool:
+    """One trunk module per worker, reset to its initial weights for every trial.
+
+    Keeping the same module object (and its compiled graph) across trials means a worker pays
+    torch.compile once per backbone and image size, not once per trial; the batch dimension
+    becomes dynamic after the first size change (one recompile, not one per trial).
+    """
+
+    def __init__(self, cfg: StudyConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.trunk: nn.Module | None = None
+        self.initial: dict[str, torch.Tensor] = {}
+        self.compiled: nn.Module | None = None
+        self.compile_s = 0.0
+
+    def get(self) -> nn.Module:
+        if self.trunk is None:
+            trunk, _ = create_trunk(self.cfg.backbone, self.cfg.pretrained, self.cfg.checkpoint)
+            trunk = trunk.to(self.device)
+            if self.device.type == "cuda":
+                trunk = trunk.to(memory_format=torch.channels_last)
+            self.initial = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
+            self.trunk = trunk
+            self.compiled = self._compile(trunk) if use_compile(self.cfg, self.device) else trunk
+        else:
+            self.trunk.load_state_dict(self.initial)
+        assert self.compiled is not None
+        return self.compiled
+
+    def _compile(self, trunk: nn.Module) -> nn.Module:
+        """Compile and warm up once, timing it; the warm-up's effect on weights/BN stats is undone."""
+        compiled = torch.compile(trunk)
+        size = self.cfg.image_size
+        x = torch.randn(32, 3, size, size, device=self.device).contiguous(
+            memory_format=input_layout(self.device)
+        )
+        torch._dynamo.mark_dynamic(x, 0)  # every trial's batch size reuses this one graph
+        t0 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            compiled(x).float().sum().backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compile_s = time.perf_counter() - t0
+        trunk.zero_grad(set_to_none=True)
+        trunk.load_state_dict(self.initial)
+        log.info("compiled %s in %.1f s", self.cfg.backbone, self.compile_s)
+        return compiled  # type: ignore[return-value]
+
+
+def build_model(
+    prep: Prepared, params: TrialParams, device: torch.device, pool: TrunkPool | None = None
+) -> nn.Module:
+    """The model for one trial: the head alone on frozen features, or trunk (fresh weights) + head."""
     cfg = prep.cfg
-    head = EmbeddingHead(prep.trunk_info.num_features, params.embedding_dim)
+    head = EmbeddingHead(prep.trunk_info.num_features, params.embedding_dim).to(device)
     if cfg.trunk == "frozen":
-        return head.to(device)
-    trunk, _ = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
-    model = Embedder(trunk, head).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+        return head
+    pool = pool or TrunkPool(cfg, device)
+    return Embedder(pool.get(), head)

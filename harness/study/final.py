@@ -19,7 +19,7 @@ from harness.errors import HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.models.features import embed_images
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
-from harness.study.data import Prepared, build_model, final_sources, prepare, resolve_device
+from harness.study.data import Prepared, TrunkPool, build_model, final_sources, prepare, resolve_device
 from harness.study.runner import load_study, tracker_for
 from harness.training import TrialParams, evaluate_source, train
 
@@ -66,6 +66,7 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
     tracker = tracker_for(cfg)
     parent = tracker.parent_run(cfg.name, cfg.to_dict())
     rows = []
+    pool = TrunkPool(cfg, device)
     base = baseline_metrics(prep, device)
     rows.append(
         {
@@ -87,7 +88,7 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
         epochs = int(trial.user_attrs.get("best_epoch") or cfg.epochs)
         log.info("rank %d: trial %d %s, %d epochs on all train classes", rank, trial.number, params, epochs)
         torch.manual_seed(seed)
-        model = build_model(prep, params, device)
+        model = build_model(prep, params, device, pool)
         t0 = time.perf_counter()
         history = train(model, params, trainval_src, epochs, device, seed=seed)
         train_s = time.perf_counter() - t0

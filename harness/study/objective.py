@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
-from harness.study.data import Prepared, build_model, hpo_sources
+from harness.study.data import Prepared, TrunkPool, build_model, hpo_sources
 from harness.tracking import Tracker
 from harness.training import TrainingDiverged, TrialParams, train
 
@@ -53,6 +53,7 @@ class Objective:
         self.cfg, self.prep, self.device = cfg, prep, device
         self.tracker, self.parent_run = tracker, parent_run
         self.train_src, self.val_src = hpo_sources(prep, device)
+        self.pool = TrunkPool(cfg, device)  # the worker's one trunk (and compiled graph) for all trials
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, self.cfg.search_space)
@@ -81,7 +82,10 @@ class Objective:
 
         state = "FAIL"
         try:
-            model = build_model(self.prep, params, self.device)
+            model = build_model(self.prep, params, self.device, self.pool)
+            if run is not None and self.pool.compile_s:
+                self.tracker.log_metrics(run, {"compile_s": self.pool.compile_s})  # type: ignore[union-attr]
+                self.pool.compile_s = 0.0  # logged once, with the trial that paid it
             train(
                 model,
                 params,
