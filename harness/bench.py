@@ -1,8 +1,13 @@
-"""Benchmarks that always print a ratio against a baseline measured in the same run.
+"""Benchmarks that always print a ratio against a baseline measured in the same run, same device.
 
-- train step: raw timm step (backbone + classifier + cross-entropy) vs the harness trial step
-  (backbone + embedding head + miner + triplet loss), same batch, same device;
-- miners: the miner the harness uses for each strategy vs pytorch-metric-learning's.
+- step: raw timm train step (backbone + 1000-class classifier + cross-entropy, AdamW) vs the
+  harness trial step (backbone + 128-d head + own semihard miner fused with the triplet loss), and
+  the same with pytorch-metric-learning's miner + loss; eager and (GPU) torch.compile'd;
+- miners: own fused mining+loss forward vs PML miner + PML TripletMarginLoss (ms, speed-up, and
+  peak memory on GPU), at several batch sizes and embedding dims;
+- trial: a short fine-tune trial from the device-resident uint8 cache: loader stall fraction (data
+  phase / step time) and evaluation time as a fraction of trial time;
+- frozen: frozen-trunk trials per minute on CUB-sized features (the CPU study regime).
 Results: ``bench/results/<device>-<date>.json`` and ``.md``.
 """
 
@@ -16,15 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import miners as pml_miners
+from pytorch_metric_learning.losses import TripletMarginLoss
 
-from harness.losses import TripletLoss, get_distance
+from harness.losses import get_distance
 from harness.mining import ONLINE, get_miner
 from harness.models import EmbeddingHead
-from harness.models.embedder import Embedder
+from harness.models.embedder import Embedder, input_layout
+from harness.training import FeatureSource, ImageSource, TrialParams, evaluate_source, train
 
 
 def device_name(device: torch.device) -> str:
@@ -33,135 +41,239 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()} x{torch.get_num_threads()} threads"
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
     """Seconds per call after warm-up, synchronised."""
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     return (time.perf_counter() - t0) / iters
 
 
-def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters: int) -> dict:
-    p, k = batch // 4, 4
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.arange(p, device=device).repeat_interleave(k)
-    amp = device.type == "cuda"
+def _train_step(
+    model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, amp: bool
+) -> Callable[[], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    raw = timm.create_model(backbone, pretrained=False, num_classes=1000).to(device)
-    opt = torch.optim.AdamW(raw.parameters(), lr=1e-4)
-
-    def raw_step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(raw(x).float(), y)
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x).float()
+        loss = loss_of(out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    trunk = timm.create_model(backbone, pretrained=False, num_classes=0)
-    width: int = trunk.num_features  # type: ignore[assignment]
-    model = Embedder(trunk, EmbeddingHead(width, 128)).to(device)
-    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return step
+
+
+def _miner_loss(miner: Any, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda out: miner.loss(out, y)[0]
+
+
+def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters: int, compile: bool) -> dict:
+    """img/s of raw timm vs harness (own miner) vs PML miner+loss, one process, same inputs."""
+    p, k = batch // 4, 4
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=input_layout(device))
+    y = torch.arange(p, device=device).repeat_interleave(k)
+    amp = device.type == "cuda"
+
+    def maybe(m: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(m) if compile else m  # type: ignore[return-value]
+
     dist = get_distance("cosine")
-    miner, loss_fn = get_miner("semihard", dist, 0.2), TripletLoss(0.2, dist)
+    own, pml = get_miner("semihard", dist, 0.2), get_miner("semihard", dist, 0.2, impl="pml")
 
-    def harness_step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            emb = model(x).float()
-        loss = loss_fn(emb, y, miner(emb.detach(), y))
-        opt2.zero_grad(set_to_none=True)
-        loss.backward()
-        opt2.step()
-
-    t_raw = _time(raw_step, device, 2, iters)
-    t_h = _time(harness_step, device, 2, iters)
-    return {
+    raw = timm.create_model(backbone, pretrained=False, num_classes=1000).to(device)
+    raw = raw.to(memory_format=input_layout(device))
+    results: dict[str, Any] = {
         "backbone": backbone,
         "batch_size": batch,
         "img_size": size,
-        "raw_img_per_s": batch / t_raw,
-        "harness_img_per_s": batch / t_h,
-        "ratio": t_raw / t_h,
+        "compiled": compile,
     }
+    t0 = time.perf_counter()
+    raw_step = _train_step(maybe(raw), lambda out: F.cross_entropy(out, y), x, amp)
+    raw_step()
+    _sync(device)
+    results["raw_compile_s"] = time.perf_counter() - t0 if compile else 0.0
+    results["raw_img_per_s"] = batch / _time(raw_step, device, 2, iters)
+    for name, miner in (("harness", own), ("pml", pml)):
+        trunk = timm.create_model(backbone, pretrained=False, num_classes=0).to(device)
+        trunk = trunk.to(memory_format=input_layout(device))
+        width: int = trunk.num_features  # type: ignore[assignment]
+        model = Embedder(maybe(trunk), EmbeddingHead(width, 128)).to(device)
+        step = _train_step(model, _miner_loss(miner, y), x, amp)
+        results[f"{name}_img_per_s"] = batch / _time(step, device, 3, iters)
+    results["ratio"] = results["harness_img_per_s"] / results["raw_img_per_s"]
+    results["pml_ratio"] = results["pml_img_per_s"] / results["raw_img_per_s"]
+    return results
 
 
-PML_REFERENCE: dict[str, Callable[[Any, float], Any]] = {
-    "all": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="all", distance=d),
-    "semihard": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="semihard", distance=d),
-    "hard": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="hard", distance=d),
-    "batch-hard": lambda d, m: pml_miners.BatchHardMiner(distance=d),
-    "distance-weighted": lambda d, m: pml_miners.DistanceWeightedMiner(),
-    # PML has no random-negative miner; its closest cost is enumerating all triplets.
-    "random": lambda d, m: pml_miners.TripletMarginMiner(margin=m, type_of_triplets="all", distance=d),
-}
+def _peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def miner_bench(name: str, b: int, dim: int, device: torch.device, iters: int) -> dict:
-    emb = F.normalize(torch.randn(b, dim, device=device), dim=1)
+    """Own fused mining + loss forward vs PML miner + PML loss (and PML's miner alone)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    emb = F.normalize(torch.randn(b, dim, device=device, generator=g), dim=1)
     labels = torch.arange(b // 4, device=device).repeat_interleave(4)
-    dist = get_distance("cosine" if name != "distance-weighted" else "euclidean")
-    ours = get_miner(name, dist, 0.2)
-    ref = PML_REFERENCE[name](dist, 0.2)
-    t_ours = _time(lambda: ours(emb, labels), device, 1, iters)
-    t_ref = _time(lambda: ref(emb, labels), device, 1, iters)
-    impl = "own" if type(ours).__name__ != "PMLMiner" else "pml"
+    dist = get_distance("euclidean" if name == "distance-weighted" else "cosine")
+    ours = get_miner(name, dist, 0.2, g)
+    if name == "random":  # PML has no random-negative miner; its nearest cost is enumerating all
+        ref = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="all", distance=dist)
+    else:
+        ref = get_miner(name, dist, 0.2, impl="pml").miner  # type: ignore[attr-defined]
+    ref_loss = TripletMarginLoss(margin=0.2, distance=dist)
+
+    def own_fn() -> object:
+        return ours.loss(emb, labels)[0]
+
+    def pml_fn() -> object:
+        return ref_loss(emb, labels, ref(emb, labels))
+
+    t_ours = _time(own_fn, device, 1, iters)
+    t_ref = _time(pml_fn, device, 1, iters)
+    t_ref_miner = _time(lambda: ref(emb, labels), device, 0, iters)
     return {
         "miner": name,
-        "impl": impl,
         "reference": type(ref).__name__,
         "batch_size": b,
         "dim": dim,
         "ours_ms": 1e3 * t_ours,
         "pml_ms": 1e3 * t_ref,
+        "pml_miner_only_ms": 1e3 * t_ref_miner,
         "speedup": t_ref / t_ours,
+        "ours_peak_mb": _peak_mb(own_fn, device),
+        "pml_peak_mb": _peak_mb(pml_fn, device),
     }
+
+
+def trial_bench(device: torch.device, backbone: str, n: int, cache_px: int, size: int, batch: int) -> dict:
+    """One short fine-tune trial from the device-resident uint8 cache: stall and eval fractions."""
+    g = torch.Generator().manual_seed(0)
+    classes = max(batch // 4, 8)
+    labels = np.repeat(np.arange(classes), -(-n // classes))[:n]
+    images = torch.randint(0, 256, (n, cache_px, cache_px, 3), dtype=torch.uint8, generator=g).numpy()
+    trunk = timm.create_model(backbone, pretrained=False, num_classes=0).to(device)
+    trunk = trunk.to(memory_format=input_layout(device))
+    width: int = trunk.num_features  # type: ignore[assignment]
+    model = Embedder(trunk, EmbeddingHead(width, 128)).to(device)
+    idx = np.arange(n)
+    src = ImageSource(images, labels, idx, size, (0.5,) * 3, (0.5,) * 3, device)
+    params = TrialParams(0.2, batch // 4, 4, "cosine", "semihard", 1e-4, 128)
+    t0 = time.perf_counter()
+    hist = train(model, params, src, 1, device)
+    train_s = time.perf_counter() - t0
+    ev = evaluate_source(model, src, "cosine", device)
+    h = hist[-1]
+    step_s = sum(h[k] for k in ("data_s", "forward_s", "mine_s", "loss_backward_s"))
+    return {
+        "backbone": backbone,
+        "images": n,
+        "img_size": size,
+        "batch_size": batch,
+        "train_img_per_s": h["train_img_per_s"],
+        "loader_stall_fraction": h["data_s"] / step_s,
+        "eval_fraction": ev["eval_s"] / (train_s + ev["eval_s"]),
+        "eval_img_per_s": ev["eval_img_per_s"],
+    }
+
+
+def frozen_bench(device: torch.device, trials: int = 5) -> dict:
+    """Frozen-trunk trials/min on CUB-sized features (4,685 train / 1,179 val x 1280, 8 epochs)."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(100, 1280, generator=g)
+    labels = np.repeat(np.arange(100), 59)[:5864]
+    feats = (centers[labels] + 2.0 * torch.randn(len(labels), 1280, generator=g)).numpy()
+    train_idx, val_idx = np.flatnonzero(labels < 80), np.flatnonzero(labels >= 80)
+    tr, va = FeatureSource(feats, labels, train_idx, device), FeatureSource(feats, labels, val_idx, device)
+    mining = ("semihard", "batch-hard", "random", "distance-weighted", "offline-hard")
+    t0 = time.perf_counter()
+    for i in range(trials):
+        head = EmbeddingHead(1280, 512).to(device)
+        train(
+            head, TrialParams(0.2, 16, 4, "cosine", mining[i % len(mining)], 1e-4, 512), tr, 8, device, i, va
+        )
+    minutes = (time.perf_counter() - t0) / 60
+    return {"trials": trials, "epochs": 8, "trials_per_min": trials / minutes}
 
 
 def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = None) -> dict:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cpu = device.type == "cpu"
-    steps = (
-        [("efficientnet_lite0", 32, 128)]
-        if cpu
-        else [
+    if quick:
+        steps, sizes, dims, compiles = [("test_efficientnet", 16, 64)], [64], [32], [False]
+    elif cpu:
+        steps, sizes, dims, compiles = [("efficientnet_lite0", 32, 128)], [128, 512], [128, 512], [False]
+    else:
+        steps = [
             (b, n, 224)
             for b in ("resnet50", "efficientnet_lite0", "vit_small_patch16_224")
             for n in (128, 256)
         ]
-    )
-    if quick:
-        steps = [("test_efficientnet", 16, 64)]
-    sizes = [128, 512] if cpu else [128, 512, 2048]
-    if quick:
-        sizes = [64]
+        sizes, dims, compiles = [128, 512, 2048], [128, 512], [False, True]
+    iters = 3 if cpu else 20
     result: dict[str, Any] = {
         "device": device_name(device),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
         "steps": [],
         "miners": [],
+        "trial": None,
+        "frozen": None,
     }
     for backbone, batch, size in steps:
-        r = step_bench(backbone, batch, size, device, iters=3 if cpu else 20)
-        result["steps"].append(r)
-        print(
-            f"step  {backbone:24s} B={batch:4d} {size}px raw {r['raw_img_per_s']:8.1f} img/s  "
-            f"harness {r['harness_img_per_s']:8.1f} img/s  ratio {r['ratio']:.3f}"
-        )
-    for name in ONLINE:
-        for b in sizes:
-            r = miner_bench(name, b, 128, device, iters=3 if cpu else 10)
-            result["miners"].append(r)
+        for comp in compiles:
+            r = step_bench(backbone, batch, size, device, iters, comp)
+            result["steps"].append(r)
+            mode = "compiled" if comp else "eager"
             print(
-                f"miner {name:18s} ({r['impl']}) B={b:5d} D=128 ours {r['ours_ms']:9.2f} ms  "
-                f"PML {r['pml_ms']:9.2f} ms  speed-up {r['speedup']:6.2f}x"
+                f"step  {backbone} B={batch} {size}px {mode}: raw {r['raw_img_per_s']:.1f}, harness "
+                f"{r['harness_img_per_s']:.1f} ({r['ratio']:.3f}x), PML {r['pml_img_per_s']:.1f} "
+                f"({r['pml_ratio']:.3f}x) img/s"
             )
+    for name in ONLINE:
+        for dim in dims:
+            for b in sizes:
+                r = miner_bench(name, b, dim, device, iters if b < 2048 else 5)
+                result["miners"].append(r)
+                print(
+                    f"miner {name:18s} B={b:5d} D={dim:4d} ours {r['ours_ms']:9.2f} ms  "
+                    f"PML {r['pml_ms']:9.2f} ms  speed-up {r['speedup']:7.2f}x"
+                )
+    if quick:
+        result["trial"] = trial_bench(device, "test_efficientnet", 64, 40, 32, 16)
+    else:
+        result["trial"] = trial_bench(
+            device,
+            "efficientnet_lite0",
+            512 if cpu else 5864,
+            146 if cpu else 256,
+            128 if cpu else 224,
+            32 if cpu else 256,
+        )
+        result["frozen"] = frozen_bench(device)
+    print(_trial_line(result["trial"]))
+    if result["frozen"]:
+        print(f"frozen-trunk trials/min (CUB-sized features): {result['frozen']['trials_per_min']:.1f}")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{device.type}-{'quick-' if quick else ''}{datetime.now(timezone.utc):%Y%m%d}"
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
@@ -170,26 +282,85 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
     return result
 
 
+def _mb(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def _markdown(r: dict) -> str:
     lines = [
         f"# Bench on {r['device']} ({r['date']}, torch {r['torch']}, timm {r['timm']})",
         "",
-        "| backbone | batch | px | raw timm img/s | harness img/s | ratio |",
-        "|---|---|---|---|---|---|",
+        "Train step img/s (same inputs, same process): raw timm vs harness (own fused miner + loss) vs PML.",
+        "",
+        _row("backbone", "batch", "px", "mode", "raw", "harness", "harness / raw", "PML", "PML / raw"),
+        _row(*["---"] * 9),
     ]
-    lines += [
-        f"| {s['backbone']} | {s['batch_size']} | {s['img_size']} | {s['raw_img_per_s']:.1f} | "
-        f"{s['harness_img_per_s']:.1f} | {s['ratio']:.3f} |"
-        for s in r["steps"]
-    ]
+    for s in r["steps"]:
+        mode = "compiled" if s["compiled"] else "eager"
+        lines.append(
+            _row(
+                s["backbone"],
+                s["batch_size"],
+                s["img_size"],
+                mode,
+                f"{s['raw_img_per_s']:.1f}",
+                f"{s['harness_img_per_s']:.1f}",
+                f"{s['ratio']:.3f}",
+                f"{s['pml_img_per_s']:.1f}",
+                f"{s['pml_ratio']:.3f}",
+            )
+        )
     lines += [
         "",
-        "| miner | impl | PML reference | B | D | ours ms | PML ms | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "Mining + loss forward: own (fused) vs PML miner + PML TripletMarginLoss.",
+        "",
+        _row(
+            "miner",
+            "PML reference",
+            "B",
+            "D",
+            "ours ms",
+            "PML ms",
+            "PML miner only ms",
+            "speed-up",
+            "ours MB",
+            "PML MB",
+        ),
+        _row(*["---"] * 10),
     ]
-    lines += [
-        f"| {m['miner']} | {m['impl']} | {m['reference']} | {m['batch_size']} | {m['dim']} | "
-        f"{m['ours_ms']:.2f} | {m['pml_ms']:.2f} | {m['speedup']:.2f}x |"
-        for m in r["miners"]
-    ]
+    for m in r["miners"]:
+        lines.append(
+            _row(
+                m["miner"],
+                m["reference"],
+                m["batch_size"],
+                m["dim"],
+                f"{m['ours_ms']:.2f}",
+                f"{m['pml_ms']:.2f}",
+                f"{m['pml_miner_only_ms']:.2f}",
+                f"{m['speedup']:.1f}x",
+                _mb(m["ours_peak_mb"]),
+                _mb(m["pml_peak_mb"]),
+            )
+        )
+    lines += ["", _trial_line(r["trial"])]
+    if r["frozen"]:
+        f = r["frozen"]
+        lines += [
+            "",
+            f"Frozen trunk: {f['trials_per_min']:.1f} trials/min ({f['trials']} trials of "
+            f"{f['epochs']} epochs on CUB-sized 1280-d features).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _trial_line(t: dict) -> str:
+    return (
+        f"Trial ({t['backbone']}, {t['images']} images at {t['img_size']} px, batch {t['batch_size']}): "
+        f"{t['train_img_per_s']:.1f} train img/s, loader stall {100 * t['loader_stall_fraction']:.2f} % "
+        f"of step time, evaluation {100 * t['eval_fraction']:.2f} % of trial time."
+    )

@@ -18,10 +18,12 @@ def test_quick_bench_writes_ratios(tmp_path: Path) -> None:
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert stored["device"].startswith("CPU")
     (step,) = stored["steps"]
-    assert step["raw_img_per_s"] > 0 and step["harness_img_per_s"] > 0
+    assert step["raw_img_per_s"] > 0 and step["harness_img_per_s"] > 0 and step["pml_img_per_s"] > 0
     assert abs(step["ratio"] - step["harness_img_per_s"] / step["raw_img_per_s"]) < 1e-9
+    assert 0 < stored["trial"]["loader_stall_fraction"] < 1 and 0 < stored["trial"]["eval_fraction"] < 1
     assert sorted(m["miner"] for m in stored["miners"]) == sorted(ONLINE)
     for m in stored["miners"]:
         assert abs(m["speedup"] - m["pml_ms"] / m["ours_ms"]) < 1e-9
     table = next(tmp_path.glob("*.md")).read_text()
-    assert table.count("\n| ") == len(result["steps"]) + len(result["miners"]) + 2  # + 2 header rows
+    assert table.count("\n| ") == len(result["steps"]) + len(result["miners"]) + 4  # + 2 header rows each
+    assert "loader stall" in table
