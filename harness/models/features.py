@@ -43,7 +43,7 @@ def embed_images(
     outs = []
     t0 = time.perf_counter()
     for start in range(0, len(images_u8), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images_u8[start : start + batch_size])).to(device)
+        x = torch.from_numpy(np.array(images_u8[start : start + batch_size])).to(device)  # a writable copy
         x = center_crop(normalize(x, info.mean, info.std), size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outs.append(model(x).float().cpu())

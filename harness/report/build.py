@@ -20,7 +20,7 @@ import seaborn as sns  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
 from harness.study.config import StudyConfig  # noqa: E402
-from harness.study.runner import load_study, tracker_for  # noqa: E402
+from harness.study.runner import load_study, study_uid, tracker_for  # noqa: E402
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 
@@ -33,7 +33,8 @@ def trials_frame(cfg: StudyConfig) -> pd.DataFrame:
         raise HarnessError(f"study {cfg.name!r} has no trials yet; run the study first")
     df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
     df["state"] = df["state"].astype(str)
-    runs = tracker_for(cfg).runs(phase="hpo")
+    tracker = tracker_for(cfg)
+    runs = tracker.runs(tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict()), phase="hpo")
     ml = pd.DataFrame(
         [
             {
@@ -304,7 +305,7 @@ def build_report(cfg: StudyConfig) -> Path:
     out.write_text(page)
     try:
         tracker = tracker_for(cfg)
-        parent = tracker.parent_run(cfg.name, cfg.to_dict())
+        parent = tracker.parent_run(cfg.name, study_uid(load_study(cfg)), cfg.to_dict())
         tracker.log_file(parent, out, "report")
         tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
     except Exception as e:  # the page is the product; MLflow is a copy of it

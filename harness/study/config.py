@@ -84,14 +84,29 @@ def _schema_message(err: jsonschema.ValidationError, source: str) -> str:
         extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
         keys = ", ".join(map(repr, extra))
         return f"{source}: unknown key {keys} at {where}; allowed keys: {', '.join(allowed)}"
-    return f"{source}: {where}: {err.message}"
+    message = err.message
+    if err.validator == "oneOf":
+        kind = str(err.schema.get("$comment", "a value, a {low, high} range or {choices: [...]}"))
+        message = f"{err.instance!r} is not {kind}"
+    if isinstance(err.instance, str) and _looks_numeric(err.instance):
+        message += f" (YAML reads {err.instance!r} as text: unquote it; floats need a dot, e.g. 1.0e-3)"
+    return f"{source}: {where}: {message}"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     name: str
     dataset: str
-    raw: dict = field(repr=False)
+    raw: dict = field(repr=False)  # with defaults filled in
+    user: dict = field(repr=False, default_factory=dict)  # as the user wrote it
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -146,7 +161,7 @@ class StudyConfig:
         return copy.deepcopy(self.raw)
 
 
-def _values(spec: Any) -> list:
+def param_values(spec: Any) -> list:
     """The values a search-space entry can take (a range's endpoints)."""
     if isinstance(spec, dict):
         return list(spec["choices"]) if "choices" in spec else [spec["low"], spec["high"]]
@@ -163,6 +178,8 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
         best = jsonschema.exceptions.best_match([e]) or e
         raise ConfigError(_schema_message(best, source)) from None
     raw = _merge(DEFAULTS, data)
+    if raw["budget"]["n_trials"] is None and raw["budget"]["timeout"] is None:
+        raise ConfigError(f"{source}: budget: set n_trials, timeout (seconds), or both")
     if raw["dataset"] not in DATASETS:
         raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], list(DATASETS))}")
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
@@ -172,7 +189,7 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
         )
     space = raw["search_space"]
     for key, known, kind in (("mining", MINERS, "miner"), ("distance", tuple(DISTANCES), "distance")):
-        for v in _values(space.get(key, PARAM_DEFAULTS[key])):
+        for v in param_values(space.get(key, PARAM_DEFAULTS[key])):
             if v not in known:
                 raise ConfigError(
                     f"{source}: search_space.{key}: unknown {kind} {v!r}; known {kind}s: {', '.join(known)}"
@@ -181,10 +198,10 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
         if isinstance(spec, dict) and "low" in spec and spec["low"] > spec["high"]:
             raise ConfigError(f"{source}: search_space.{key}: low {spec['low']} > high {spec['high']}")
     for key in ("batch_p", "batch_k"):
-        lowest = min(_values(space.get(key, PARAM_DEFAULTS[key])))
+        lowest = min(param_values(space.get(key, PARAM_DEFAULTS[key])))
         if lowest < 2:
             raise ConfigError(f"{source}: search_space.{key}: values must be >= 2 for triplets, got {lowest}")
-    return StudyConfig(raw["name"], raw["dataset"], raw)
+    return StudyConfig(raw["name"], raw["dataset"], raw, copy.deepcopy(data))
 
 
 def load_config(path: str | Path) -> StudyConfig:

@@ -19,10 +19,10 @@ from harness.data import get_dataset
 from harness.data.base import ImageList
 from harness.data.cache import load_image_cache
 from harness.data.splits import Split, make_split, write_manifest
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
 from harness.models.embedder import Embedder, input_layout
-from harness.study.config import SHARED_COPIES, StudyConfig
+from harness.study.config import PARAM_DEFAULTS, SHARED_COPIES, StudyConfig, param_values
 from harness.training import FeatureSource, ImageSource, Source, TrialParams
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,10 @@ def resolve_root(cfg: StudyConfig, allow_download: bool = False) -> Path:
             return root
         return spec.download(root)
     shared = SHARED_COPIES.get(cfg.dataset)
-    if shared and Path(shared).exists():
-        return Path(shared)
+    # relative to the working directory (the repo root for Snakemake), then to this checkout
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if shared and (base / shared).exists():
+            return base / shared
     target = cfg.results / "data" / cfg.dataset
     try:
         return spec.find_root(target)
@@ -71,14 +73,27 @@ class Prepared:
     trunk_info: TrunkInfo
 
 
-def prepare(cfg: StudyConfig, device: torch.device | None = None, allow_download: bool = False) -> Prepared:
-    """Idempotent: the first call decodes and embeds, every later one memory-maps the caches."""
+def prepare(
+    cfg: StudyConfig, device: torch.device | None = None, allow_download: bool = False, write: bool = True
+) -> Prepared:
+    """Idempotent: the first call decodes and embeds, every later one memory-maps the caches.
+
+    ``write=False`` leaves the stored split manifest alone (the evaluation compares against it).
+    """
     device = device or resolve_device(cfg.device)
     spec = get_dataset(cfg.dataset)
     root = resolve_root(cfg, allow_download)
     images = spec.load(root, strict_counts=cfg.strict_counts)
     split = make_split(images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed)
-    write_manifest(split, cfg.study_dir / "split_manifest.json")
+    n_fit = len(split.manifest["classes"]["train"])
+    widest = max(param_values(cfg.search_space.get("batch_p", PARAM_DEFAULTS["batch_p"])))
+    if widest > n_fit:
+        raise ConfigError(
+            f"search_space.batch_p reaches {widest}, but only {n_fit} classes are left for training after"
+            f" the validation carve-out; keep batch_p <= {n_fit}"
+        )
+    if write:
+        write_manifest(split, cfg.study_dir / "split_manifest.json")
     images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
     features = None

@@ -20,7 +20,7 @@ from harness.evaluation import retrieval_metrics
 from harness.models.features import embed_images
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
 from harness.study.data import Prepared, TrunkPool, build_model, final_sources, prepare, resolve_device
-from harness.study.runner import load_study, tracker_for
+from harness.study.runner import load_study, study_uid, tracker_for
 from harness.training import TrialParams, evaluate_source, train
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,19 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
         raise HarnessError(f"study {cfg.name!r} has no complete trials; run the study first")
     top = sorted(done, key=lambda t: float(t.value or 0.0), reverse=True)[: int(cfg.evaluate["top_n"])]
     device = resolve_device(cfg.device)
-    prep = prepare(cfg, device)
+    prep = prepare(cfg, device, write=False)
     manifest = json.loads((cfg.study_dir / "split_manifest.json").read_text())
     check_manifest(manifest)
+    searched = study.user_attrs.get("split_hash") or manifest["hash"]
+    if prep.split.manifest["hash"] != searched or manifest["hash"] != searched:
+        raise HarnessError(
+            f"study {cfg.name!r} was searched on split {searched}, but the data now gives"
+            f" {prep.split.manifest['hash']}; evaluate with the dataset and split the search used"
+        )
     seed = int(cfg.evaluate.get("seed", 0))
     trainval_src, test_src = final_sources(prep, device, seed)
     tracker = tracker_for(cfg)
-    parent = tracker.parent_run(cfg.name, cfg.to_dict())
+    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     rows = []
     pool = TrunkPool(cfg, device)
     base = baseline_metrics(prep, device)

@@ -82,6 +82,9 @@ class Objective:
 
         state = "FAIL"
         try:
+            seed = self.cfg.seed + trial.number  # a trial is reproducible from (params, seed) alone
+            torch.manual_seed(seed)
+            self.train_src.reseed(seed)
             model = build_model(self.prep, params, self.device, self.pool)
             if run is not None and self.pool.compile_s:
                 self.tracker.log_metrics(run, {"compile_s": self.pool.compile_s})  # type: ignore[union-attr]
@@ -92,7 +95,7 @@ class Objective:
                 self.train_src,
                 self.cfg.epochs,
                 self.device,
-                seed=self.cfg.seed + trial.number,
+                seed=seed,
                 val_src=self.val_src,
                 on_epoch=on_epoch,
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -55,16 +57,32 @@ def tracker_for(cfg: StudyConfig) -> Tracker:
     return Tracker(cfg.tracking_uri, cfg.name, cfg.results / "mlartifacts")
 
 
+def _changed(cfg: StudyConfig) -> ConfigError:
+    return ConfigError(
+        f"study {cfg.name!r} already exists in {cfg.storage_url} with a different search space or"
+        " protocol; rename the study (name:) or delete its storage"
+    )
+
+
 def load_study(cfg: StudyConfig, worker: int = 0) -> optuna.Study:
+    """Open an existing study; refuse it when it was created with another search space/protocol."""
     storage = open_storage(cfg.storage_url)
     try:
-        return optuna.load_study(
+        study = optuna.load_study(
             study_name=cfg.name, storage=storage, sampler=_sampler(cfg, worker), pruner=_pruner(cfg)
         )
     except KeyError:
         raise HarnessError(
             f"study {cfg.name!r} does not exist in {cfg.storage_url}; run 'harness study create' first"
         ) from None
+    if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
+        raise _changed(cfg)
+    return study
+
+
+def study_uid(study: optuna.Study) -> str:
+    """Identifies this incarnation of the study: a study deleted and re-created gets new MLflow runs."""
+    return str(study.user_attrs.get("uid", "legacy"))
 
 
 def create(cfg: StudyConfig) -> dict:
@@ -81,14 +99,13 @@ def create(cfg: StudyConfig) -> dict:
     stored = study.user_attrs.get("space_hash")
     if stored is None:
         study.set_user_attr("space_hash", cfg.space_hash())
+        study.set_user_attr("uid", uuid.uuid4().hex[:12])
         study.set_user_attr("config", cfg.to_dict())
+        study.set_user_attr("split_hash", _manifest_hash(cfg))
     elif stored != cfg.space_hash():
-        raise ConfigError(
-            f"study {cfg.name!r} already exists in {cfg.storage_url} with a different search space or"
-            " protocol; rename the study (name:) or delete its storage"
-        )
+        raise _changed(cfg)
     tracker = tracker_for(cfg)  # initialise the MLflow schema once, before workers start
-    parent = tracker.parent_run(cfg.name, cfg.to_dict())
+    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     info = {
         "study": cfg.name,
         "storage": cfg.storage_url,
@@ -101,13 +118,33 @@ def create(cfg: StudyConfig) -> dict:
     return info
 
 
+def _manifest_hash(cfg: StudyConfig) -> str | None:
+    path = cfg.study_dir / "split_manifest.json"
+    return json.loads(path.read_text())["hash"] if path.is_file() else None
+
+
 def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
 
 
+def failed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+
+
+def _stop_on_sigterm() -> None:
+    """SLURM's time limit and scancel send SIGTERM: end the running trial as FAIL, not RUNNING forever."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(
+            f"signal {signum}"
+        )  # Optuna records FAIL on KeyboardInterrupt, then re-raises
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     """Run trials until the study (all workers together) has ``budget.n_trials`` finished ones."""
-    n_trials = int(cfg.budget["n_trials"])
+    n_trials = cfg.budget["n_trials"] or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, worker)
     if finished(study) >= n_trials:
         log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
@@ -115,15 +152,23 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     device = resolve_device(cfg.device)
     prep = prepare(cfg, device)
     tracker = tracker_for(cfg)
-    parent = tracker.parent_run(cfg.name, cfg.to_dict())
+    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     objective = Objective(cfg, prep, device, tracker, parent)
     before = time.perf_counter()
     mine: list[int] = []
+    max_failures = max(3, min(n_trials, 50))
+    _stop_on_sigterm()
 
     def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         mine.append(trial.number)
         if finished(study) >= n_trials:
             study.stop()
+        fails = failed(study)
+        if len(fails) >= max_failures:  # a config that always fails must not loop forever
+            reason = fails[-1].user_attrs.get("fail_reason", "see the worker log")
+            raise HarnessError(
+                f"study {cfg.name!r}: {len(fails)} trials failed (last: {reason}); fix the search space"
+            )
 
     study.optimize(
         objective,

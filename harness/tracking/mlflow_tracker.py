@@ -45,14 +45,15 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def parent_run(self, study: str, config: dict) -> str:
-        run_id = self._find(f"tags.`harness.kind` = 'study' and tags.`harness.study` = '{study}'")
+    def parent_run(self, study: str, uid: str, config: dict) -> str:
+        """The study's parent run; ``uid`` tells a re-created study (new runs) from a re-opened one."""
+        run_id = self._find(
+            f"tags.`harness.kind` = 'study' and tags.`harness.study` = '{study}'"
+            f" and tags.`harness.uid` = '{uid}'"
+        )
         if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"study-{study}",
-                tags={"harness.kind": "study", "harness.study": study},
-            )
+            tags = {"harness.kind": "study", "harness.study": study, "harness.uid": uid}
+            run = self.client.create_run(self.experiment_id, run_name=f"study-{study}", tags=tags)
             run_id = run.info.run_id
             self.log_params(run_id, _flatten(config))
         return run_id
@@ -82,7 +83,7 @@ class Tracker:
             run_id = run.info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "harness.retried", "true")
+            self.set_tags(run_id, tags | {"harness.retried": "true"})
         self.log_params(run_id, params)
         return run_id
 
@@ -120,8 +121,10 @@ class Tracker:
         self.client.set_tag(run_id, "optuna.state", state)
         self.client.set_terminated(run_id, status=status)
 
-    def runs(self, phase: str | None = None) -> list:
-        f = "tags.`harness.kind` = 'trial'" + (f" and tags.`harness.phase` = '{phase}'" if phase else "")
+    def runs(self, parent_id: str, phase: str | None = None) -> list:
+        """The trial runs under one parent (one incarnation of a study)."""
+        f = f"tags.`harness.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent_id}'"
+        f += f" and tags.`harness.phase` = '{phase}'" if phase else ""
         out: list = []
         token = None
         while True:

@@ -23,6 +23,9 @@ class FeatureSource:
     def batch(self, i: torch.Tensor, train: bool) -> torch.Tensor:
         return self.x[i]
 
+    def reseed(self, seed: int) -> None:
+        """No randomness here (features are fixed); present so every source can be reseeded."""
+
 
 class ImageSource:
     """Fine-tuning: uint8 images resident on the device, augmented in batch there."""
@@ -45,6 +48,9 @@ class ImageSource:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
 
     def batch(self, i: torch.Tensor, train: bool) -> torch.Tensor:
         x = normalize(self.x[i], self.mean, self.std)

@@ -17,8 +17,9 @@ STUDIES = _load_studies(config)
 
 
 def study_config(wildcards):
-    """The study's validated config as a plain dict (as params, a changed config re-runs the job)."""
-    return STUDIES[wildcards.study].to_dict()
+    """The study config as the user wrote it (as params: editing it re-runs the jobs; a default
+    added to the code later does not)."""
+    return STUDIES[wildcards.study].user
 
 
 def worker_outputs(wildcards):
