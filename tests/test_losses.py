@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from oracles import all_triplets
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 
 from harness.errors import HarnessError
@@ -36,17 +37,6 @@ def brute_triplet_losses(
         v = d(a, n) - d(a, p) + margin if name == "cosine" else d(a, p) - d(a, n) + margin
         out.append(max(v, 0.0))
     return out
-
-
-def all_triplets(labels: list[int]) -> list[tuple[int, int, int]]:
-    n = len(labels)
-    return [
-        (a, p, q)
-        for a in range(n)
-        for p in range(n)
-        for q in range(n)
-        if p != a and labels[p] == labels[a] and labels[q] != labels[a]
-    ]
 
 
 def as_tensors(triplets: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from oracles import all_triplets
 
 from harness.errors import HarnessError
 from harness.losses import get_distance
@@ -40,17 +41,6 @@ def brute_dist(emb: torch.Tensor, name: str) -> list[list[float]]:
 def farness(d: list[list[float]], name: str) -> list[list[float]]:
     """A matrix where larger always means farther (similarities negated)."""
     return [[-x for x in row] for row in d] if name == "cosine" else d
-
-
-def all_triplets(labels: list[int]) -> list[tuple[int, int, int]]:
-    n = len(labels)
-    return [
-        (a, p, q)
-        for a in range(n)
-        for p in range(n)
-        for q in range(n)
-        if p != a and labels[p] == labels[a] and labels[q] != labels[a]
-    ]
 
 
 def triplet_margin(d: list[list[float]], name: str, a: int, p: int, n: int) -> float:
