@@ -33,6 +33,7 @@ from harness.mining import ONLINE, get_miner
 from harness.models import EmbeddingHead
 from harness.models.embedder import Embedder, input_layout
 from harness.training import FeatureSource, ImageSource, TrialParams, train
+from harness.training.trainer import sync
 
 
 def device_name(device: torch.device) -> str:
@@ -41,20 +42,15 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
     """Seconds per call after warm-up, synchronised."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / iters
 
 
@@ -102,7 +98,7 @@ def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters
     t0 = time.perf_counter()
     raw_step = _train_step(maybe(raw), lambda out: F.cross_entropy(out, y), x, amp)
     raw_step()
-    _sync(device)
+    sync(device)
     results["raw_compile_s"] = time.perf_counter() - t0 if compile else 0.0
     results["raw_img_per_s"] = batch / _time(raw_step, device, 2, iters)
     for name, miner in (("harness", own), ("pml", pml)):

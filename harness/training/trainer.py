@@ -41,7 +41,8 @@ class TrialParams:
         return self.batch_p * self.batch_k
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA); a no-op on CPU. Only outside the training step."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -66,7 +67,7 @@ def evaluate_source(
 ) -> dict[str, float]:
     t0 = time.perf_counter()
     emb = embed_source(model, source, device)
-    _sync(device)
+    sync(device)
     embed_s = time.perf_counter() - t0
     metrics = retrieval_metrics(emb, source.labels, distance=distance, nmi=nmi)
     metrics["eval_img_per_s"] = len(source) / max(embed_s, 1e-9)
@@ -149,7 +150,7 @@ def train(
                 t0 = time.perf_counter()
                 emb_all = embed_source(model, train_src, device)
                 pool = miner.mine_epoch(emb_all, labels, len(train_src), gen)
-                _sync(device)
+                sync(device)
                 offline_s = time.perf_counter() - t0
                 images_seen += len(train_src)  # the whole-set embedding pass is compute too
             per_step = max(1, params.batch_size // 3)
