@@ -141,3 +141,15 @@ def test_pml_impl_is_still_available_for_reference() -> None:
     assert type(m).__name__ == "PMLMiner"
     ours = get_miner("semihard", get_distance("cosine"), 0.2)
     assert torch.allclose(m.loss(emb, labels)[0], ours.loss(emb, labels)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dist", DISTANCES)
+@pytest.mark.parametrize("margin", [0.0, -0.1])
+def test_hard_respects_a_non_positive_margin(dist: str, margin: float) -> None:
+    emb, labels = _batch(b=24, d=4, classes=6, seed=2)
+    distance = get_distance(dist)
+    loss, active, mined = get_miner("hard", distance, margin).loss(emb, labels)
+    triplets = _pml_reference("hard", distance, margin)(emb, labels)
+    ref = TripletMarginLoss(margin=margin, distance=distance)(emb, labels, triplets)
+    assert torch.allclose(loss, ref, atol=1e-5), (loss.item(), ref.item())
+    assert int(mined) == len(triplets[0])

@@ -108,9 +108,19 @@ def test_trunk_pool_compiles_once_and_resets_weights_per_trial() -> None:
     with torch.no_grad():
         for p in pool.trunk.parameters():
             p.add_(1.0)
-    again = pool.get()  # trial 2
+    torch.manual_seed(11)
+    again = pool.get()  # trial 2: random init, so fresh weights from the trial's seed
     assert again is model
-    assert all(torch.equal(v, pool.initial[k]) for k, v in pool.trunk.state_dict().items())
+    torch.manual_seed(11)
+    fresh, _ = create_trunk("test_resnet", pretrained=False)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in pool.trunk.state_dict().items())
     for batch in sizes:
         again(torch.randn(batch, 3, 32, 32)).sum().backward()
     assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled for trial 2
+
+
+def test_head_stays_fp32_under_autocast() -> None:
+    head = EmbeddingHead(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(torch.randn(4, 16).bfloat16())
+    assert out.dtype == torch.float32

@@ -14,11 +14,14 @@ import torch.nn.functional as F
 from harness.errors import ConfigError
 
 
-def normalize(x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """NHWC uint8 -> NCHW float normalised."""
+def normalize(
+    x_u8: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+) -> torch.Tensor:
+    """NHWC uint8 -> NCHW float normalised. Pass mean/std as device tensors inside a training step:
+    building them from tuples copies from the host, which waits for the device."""
     x = x_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    m = torch.as_tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
 
 

@@ -17,7 +17,7 @@ class BatchHardMiner(Miner):
     def _select(self, f: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pos, neg = masks(labels)
         fd = f.detach()
-        inf = torch.tensor(float("inf"), device=f.device)
+        inf = f.new_full((), float("inf"))  # no host-to-device copy: no sync
         p = torch.where(pos, fd, -inf).argmax(1)
         n = torch.where(neg, fd, inf).argmin(1)
         valid = pos.any(1) & neg.any(1)

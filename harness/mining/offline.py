@@ -51,7 +51,7 @@ class OfflineMiner(Miner):
             p = torch.where(same, u, -1.0).argmax(1)  # uniform random positive
             has_pos = same.any(1)
             neg = labels[a].unsqueeze(1) != labels.unsqueeze(0)
-            inf = torch.tensor(float("inf"), device=dev)
+            inf = d.new_full((), float("inf"))
             if self.strategy == "random":
                 neg_idx = torch.where(neg, u, -1.0).argmax(1)
             else:

@@ -32,7 +32,11 @@ class SampledMiner(Miner):
     def _select(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pos, neg = masks(labels)
         w = self.weights(embeddings.detach(), neg)
-        gen = self.generator if self.generator is not None and self.generator.device == w.device else None
+        gen = (
+            self.generator
+            if self.generator is not None and self.generator.device.type == w.device.type
+            else None
+        )
         n = sample_negatives(w, gen)
         valid = pos & (w.sum(1, keepdim=True) > 0)
         b = len(labels)

@@ -34,8 +34,11 @@ class TripletMarginMiner(Miner):
     def _bounds(self, s: torch.Tensor, f_ap: torch.Tensor, active: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Index range [lo, hi) of each (a, p)'s negatives in the sorted rows ``s``."""
         upper = f_ap + self.margin
-        if self.kind == "hard":
-            hi = torch.searchsorted(s, f_ap.detach(), right=True)
+        if self.kind == "hard":  # f_an <= f_ap, and active only below f_ap + m (matters for m <= 0)
+            hi = torch.minimum(
+                torch.searchsorted(s, f_ap.detach(), right=True),
+                torch.searchsorted(s, upper.detach(), right=not active),
+            )
             return torch.zeros_like(hi), hi
         hi = torch.searchsorted(s, upper.detach(), right=not active)
         lo = (
@@ -48,7 +51,7 @@ class TripletMarginMiner(Miner):
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
         f = farness(self.distance, embeddings)
         pos, neg = masks(labels)
-        inf = torch.tensor(float("inf"), device=f.device)
+        inf = f.new_full((), float("inf"))  # no host-to-device copy: no sync
         s, order = torch.sort(torch.where(neg, f.detach(), inf), dim=1)
         sorted_f = torch.where(torch.isfinite(s), f.gather(1, order), 0.0)  # keeps the gradient path
         prefix = torch.nn.functional.pad(sorted_f.double().cumsum(1), (1, 0))

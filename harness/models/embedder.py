@@ -22,7 +22,8 @@ class EmbeddingHead(nn.Module):
         self.fc = nn.Linear(in_features, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.fc(x.float()), dim=-1)
+        with torch.autocast(x.device.type, enabled=False):  # the trunk may run in bf16; the head not
+            return F.normalize(self.fc(x.float()), dim=-1)
 
 
 def input_layout(device: torch.device) -> torch.memory_format:

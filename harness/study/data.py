@@ -154,10 +154,17 @@ class TrunkPool:
             self.initial = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
             self.trunk = trunk
             self.compiled = self._compile(trunk) if use_compile(self.cfg, self.device) else trunk
+        elif self.trunk_is_random():
+            # random init: each trial draws its own weights from its seeded RNG, as a fresh model would
+            fresh, _ = create_trunk(self.cfg.backbone, False, None)
+            self.trunk.load_state_dict(fresh.state_dict())
         else:
             self.trunk.load_state_dict(self.initial)
         assert self.compiled is not None
         return self.compiled
+
+    def trunk_is_random(self) -> bool:
+        return not self.cfg.pretrained and not self.cfg.checkpoint
 
     def _compile(self, trunk: nn.Module) -> nn.Module:
         """Compile and warm up once, timing it; the warm-up's effect on weights/BN stats is undone."""

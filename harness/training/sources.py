@@ -43,7 +43,9 @@ class ImageSource:
     ) -> None:
         self.x = torch.from_numpy(np.ascontiguousarray(images_u8[idx])).to(device)
         self.labels = torch.from_numpy(labels[idx]).to(device)
-        self.size, self.mean, self.std = size, mean, std
+        self.size = size
+        self.mean = torch.tensor(mean, device=device)  # built once: no host copy inside the step
+        self.std = torch.tensor(std, device=device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __len__(self) -> int:
