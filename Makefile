@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
-## make test-slow: the tests on the real CUB-128 copy in ../shared/data
+## make test-slow: real CUB-128 (../shared/data), fault tests (kill -9, PostgreSQL, snakemake resume)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 

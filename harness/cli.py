@@ -166,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only or vanished files in the middle of a run
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"error: cannot access{where}: {e.strerror or e}; check free space and permissions, then rerun"
+            " (finished trials are kept; a killed trial resumes from its checkpoint)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

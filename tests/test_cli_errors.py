@@ -282,3 +282,103 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     for command in ("data", "study", "evaluate", "report", "bench"):
         assert command in r.stdout
     assert "{data,study,evaluate,report,bench}" in r.stdout
+
+
+# --- storage and results-dir faults (issue #4) --------------------------------------------------------
+
+
+def tiny_study(tmp_path: Path, **over) -> dict:
+    root = make_cub(tmp_path / "data", per_class=2)
+    return {
+        "name": "faulty",
+        "dataset": "cub",
+        "data_root": str(root),
+        "strict_counts": False,
+        "results_dir": str(tmp_path / "results"),
+        "backbone": "test_efficientnet",
+        "pretrained": False,
+        "image_size": 32,
+        "epochs": 1,
+        "budget": {"n_trials": 2},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "search_space": {"batch_p": 4, "batch_k": 2, "embedding_dim": 8, "mining": "semihard"},
+    } | over
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://harness:s3cret@127.0.0.1:1/optuna", "postgresql://harness:***@127.0.0.1:1/optuna"),
+        ("nosuchdb://localhost/optuna", "nosuchdb://localhost/optuna"),
+    ],
+)
+def test_unreachable_storage_url(
+    url: str, shown: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study(tmp_path, storage=url))
+    code, _, err = cli(["study", "create", "--config", str(cfg)], capsys)
+    msg = one_error_line(code, err)
+    assert f"cannot open Optuna storage {shown}" in msg and "s3cret" not in msg
+    assert "check the URL" in msg
+
+
+def _stored(tmp_path: Path) -> dict[str, bytes]:
+    results = tmp_path / "results"
+    return {str(p.relative_to(results)): p.read_bytes() for p in sorted(results.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A study with its 2 trials done; returns its config path."""
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study(tmp_path))
+    assert main(["study", "run", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    return cfg
+
+
+def test_changed_search_space_refused_and_nothing_lost(
+    finished_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _stored(tmp_path)
+    changed = yaml.safe_load(finished_study.read_text())
+    changed["search_space"]["margin"] = {"low": 0.05, "high": 0.5}
+    changed["budget"]["n_trials"] = 4
+    other = write_yaml(tmp_path / "changed.yaml", changed)
+    for command in (["study", "create"], ["study", "worker"], ["evaluate"]):
+        code, _, err = cli([*command, "--config", str(other)], capsys)
+        msg = one_error_line(code, err)
+        assert "'faulty' already exists" in msg and "different search space" in msg and "rename" in msg
+    assert _stored(tmp_path) == before  # journal, MLflow DB, manifest, caches: byte for byte
+
+
+def read_only(results: Path, cmd: list[str]) -> list[str]:
+    """Run ``cmd`` with ``results`` read-only: as root (which ignores modes) on a read-only bind mount
+    in a private mount namespace, so only this process sees it; otherwise by clearing write bits."""
+    if os.geteuid() == 0:
+        script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && shift && exec "$@"'
+        return ["unshare", "-m", "sh", "-c", script, str(results), "--", *cmd]
+    for p in [results, *results.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    return cmd
+
+
+def test_read_only_results_dir(finished_study: Path, tmp_path: Path) -> None:
+    """The worker cannot write its results dir: one line naming the file, exit 2, nothing lost."""
+    more = yaml.safe_load(finished_study.read_text())
+    more["budget"]["n_trials"] = 4  # the same study (budget is not part of its identity), more trials
+    cfg = write_yaml(tmp_path / "more.yaml", more)
+    results = tmp_path / "results"
+    before = _stored(tmp_path)
+    modes = {p: p.stat().st_mode for p in [results, *results.rglob("*")]}
+    cmd = [sys.executable, "-m", "harness.cli", "study", "worker", "--config", str(cfg)]
+    try:
+        r = subprocess.run(read_only(results, cmd), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    msg = one_error_line(r.returncode, r.stderr)
+    assert f"cannot write to {results / 'faulty'}" in msg, msg
+    assert "Permission denied" in msg or "Read-only file system" in msg, msg
+    assert "writable" in msg
+    assert _stored(tmp_path) == before

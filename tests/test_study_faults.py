@@ -4,6 +4,10 @@ studies, reproducibility of a trial from (params, seed)."""
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -11,13 +15,15 @@ import pytest
 import torch
 from fixtures import make_cub
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from test_pipeline import tiny_config
 
 from harness.errors import ConfigError, HarnessError
 from harness.study import parse_config
 from harness.study.data import prepare
-from harness.study.objective import Objective
-from harness.study.runner import create, load_study, run_worker
+from harness.study.objective import Objective, suggest_params
+from harness.study.runner import create, finished, load_study, run_worker, sweep
+from harness.study.storage import HEARTBEAT_ATTR, OWNER_ATTR, owner_is_dead, process_start
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +114,93 @@ def test_batch_p_wider_than_the_training_classes_is_caught_before_the_search(
     with pytest.raises(ConfigError, match="batch_p reaches 90, but only 80 classes"):
         prepare(parse_config(raw))
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
+
+
+# --- dead workers: stale-trial detection, re-queue, and the budget (issue #4) -------------------------
+
+
+def test_process_start_tells_live_zombie_and_gone_processes_apart() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_start(child.pid) not in (None, "?")
+        owner = {
+            "trial_id": 7,
+            "host": socket.gethostname(),
+            "pid": child.pid,
+            "pid_start": process_start(child.pid),
+        }
+        assert not owner_is_dead(owner, 7)
+        assert not owner_is_dead(owner, 8)  # a record copied from the trial this one retries
+        assert not owner_is_dead(
+            owner | {"host": "elsewhere"}, 7
+        )  # another host: only the grace period tells
+        assert owner_is_dead(owner | {"pid_start": "1"}, 7)  # pid recycled by another process
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert process_start(child.pid) is None  # not reaped yet (a zombie): dead all the same
+        assert owner_is_dead(owner, 7)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start(child.pid) is None
+
+
+def _running_trial(study: optuna.Study, cfg, owner: dict | None = None, beat: float | None = None) -> int:
+    trial = study.ask()
+    suggest_params(trial, cfg.search_space)
+    if owner is not None:
+        trial.set_user_attr(OWNER_ATTR, owner | {"trial_id": trial._trial_id})
+    if beat is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, [trial._trial_id, beat])
+    return trial.number
+
+
+def test_journal_heartbeat_grace_period(data_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(data_root, tmp_path / "results")
+    prepare(cfg)
+    create(cfg)
+    study = load_study(cfg)
+    remote = {"host": "another-node", "pid": 1, "pid_start": "1"}
+    fresh = _running_trial(study, cfg, remote, beat=time.time())
+    old = _running_trial(study, cfg, remote, beat=time.time() - 1000)
+    sweep(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[fresh] == TrialState.RUNNING
+    assert states[old] == TrialState.FAIL
+    (retry,) = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert retry.system_attrs["retry_history"] == [old] and retry.params == study.trials[old].params
+    sweep(study)  # a second sweep (another worker) neither fails nor re-queues anything again
+    assert [t.state for t in study.get_trials()].count(TrialState.WAITING) == 1
+
+
+def test_worker_waits_for_in_flight_trials_instead_of_overshooting(data_root: Path, tmp_path: Path) -> None:
+    """n_trials=2 with one trial in flight in another (live) process: the worker runs ONE new trial,
+    then waits; when that process dies, its trial is failed, re-queued and run: exactly 2 finished."""
+    cfg = _cfg(data_root, tmp_path / "results", fault_tolerance={"heartbeat_interval": 1, "grace_period": 60})
+    prepare(cfg)
+    create(cfg)
+    study = load_study(cfg)
+    other = subprocess.Popen(["sleep", "60"])
+    owner = {"host": socket.gethostname(), "pid": other.pid, "pid_start": process_start(other.pid)}
+    in_flight = _running_trial(study, cfg, owner, beat=time.time())
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(n=run_worker(cfg, 0)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while finished(load_study(cfg)) < 1:
+            assert time.monotonic() < deadline and worker.is_alive()
+            time.sleep(0.1)
+        time.sleep(2.5)  # the worker now waits: it must not start a third trial
+        assert len(load_study(cfg).trials) == 2 and worker.is_alive()
+    finally:
+        other.kill()
+        other.wait()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and result["n"] == 2
+    trials = load_study(cfg).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[2].system_attrs["retry_history"] == [in_flight]

@@ -12,7 +12,15 @@ import torch
 from harness.models import EmbeddingHead
 from harness.study.config import PARAM_DEFAULTS
 from harness.study.objective import suggest_params
-from harness.training import FeatureSource, TrainingDiverged, TrialParams, evaluate_source, train
+from harness.training import (
+    FeatureSource,
+    ImageSource,
+    TrainingDiverged,
+    TrialParams,
+    evaluate_source,
+    train,
+)
+from harness.training.checkpoint import TrialCheckpoint
 
 CPU = torch.device("cpu")
 N_CLASSES, PER_CLASS, N_TRAIN, DIM = 6, 24, 16, 16
@@ -249,3 +257,65 @@ def test_refresh_every_is_suggested_only_for_offline_mining() -> None:
             assert p.refresh_every == 1
         assert 0.05 <= p.margin <= 0.5 and 2 <= p.batch_p <= 8 and 1e-5 <= p.lr <= 1e-2
     assert kinds == {True, False}
+
+
+# --- checkpoints: a resumed trial takes the same path as an uninterrupted one -----------------------
+
+
+def _image_source() -> ImageSource:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(N_CLASSES * PER_CLASS, 20, 20, 3), dtype=np.uint8)
+    return ImageSource(images, LABELS, TRAIN_IDX, 16, (0.5,) * 3, (0.5,) * 3, CPU, seed=5)
+
+
+def _conv_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        EmbeddingHead(4, 8),
+    )
+
+
+@pytest.mark.parametrize(
+    "mining, make_source, make_model",
+    [
+        ("random", lambda: sources()[0], head),
+        ("distance-weighted", lambda: sources()[0], head),
+        ("offline-random", lambda: sources()[0], head),
+        ("semihard", _image_source, _conv_model),
+    ],
+)
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
+    mining: str, make_source, make_model, tmp_path
+) -> None:
+    p = params(mining, refresh_every=2) if mining.startswith("offline-") else params(mining)
+    straight = make_model()
+    full = train(straight, p, make_source(), 4, CPU, seed=7)
+
+    ckpt = TrialCheckpoint(tmp_path / "trial" / "checkpoint.pt")
+    killed = make_model()
+    train(killed, p, make_source(), 2, CPU, seed=7, on_checkpoint=ckpt.save)  # "dies" after epoch 2
+    state = ckpt.load()
+    assert state is not None and state["epoch"] == 2
+
+    resumed = make_model()  # a fresh process: new weights, new RNG state, new source
+    torch.manual_seed(123)
+    seen: list[int] = []
+    history = train(
+        resumed, p, make_source(), 4, CPU, seed=7, resume=state, on_epoch=lambda e, s: seen.append(e)
+    )
+    assert seen == [3, 4]  # only the epochs that were not done yet
+    assert [h["loss"] for h in history] == [h["loss"] for h in full]
+    assert [h["images_processed"] for h in history] == [h["images_processed"] for h in full]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unreadable_checkpoint_means_train_from_scratch(tmp_path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a torch file")
+    assert TrialCheckpoint(path).load() is None
+    assert TrialCheckpoint(tmp_path / "absent.pt").load() is None

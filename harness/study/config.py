@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "mlflow_uri": None,
     "results_dir": "results",
     "budget": {"n_trials": 20, "timeout": None},
+    # dead workers: heartbeat every interval s, stale after grace_period s, re-queued max_retry times;
+    # checkpoints: each trial saves its state every epoch under results/<study>/trials/<number>/
+    "fault_tolerance": {"heartbeat_interval": 60, "grace_period": 180, "max_retry": 3, "checkpoints": True},
     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 8},
     "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     "evaluate": {"top_n": 3, "seed": 0},
@@ -180,6 +183,12 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
     raw = _merge(DEFAULTS, data)
     if raw["budget"]["n_trials"] is None and raw["budget"]["timeout"] is None:
         raise ConfigError(f"{source}: budget: set n_trials, timeout (seconds), or both")
+    ft = raw["fault_tolerance"]
+    if ft["grace_period"] <= ft["heartbeat_interval"]:
+        raise ConfigError(
+            f"{source}: fault_tolerance: grace_period {ft['grace_period']} must exceed heartbeat_interval"
+            f" {ft['heartbeat_interval']} (Optuna suggests 2-3x), or live trials are failed as stale"
+        )
     if raw["dataset"] not in DATASETS:
         raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], list(DATASETS))}")
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -11,8 +16,10 @@ import torch
 
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
 from harness.study.data import Prepared, TrunkPool, build_model, hpo_sources
+from harness.study.storage import OWNER_ATTR, owner_record
 from harness.tracking import Tracker
 from harness.training import TrainingDiverged, TrialParams, train
+from harness.training.checkpoint import TrialCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +61,49 @@ class Objective:
         self.tracker, self.parent_run = tracker, parent_run
         self.train_src, self.val_src = hpo_sources(prep, device)
         self.pool = TrunkPool(cfg, device)  # the worker's one trunk (and compiled graph) for all trials
+        self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
+
+    def trial_dir(self, number: int) -> Path:
+        return self.cfg.study_dir / "trials" / str(number)
+
+    def _event(self, number: int, event: str, **extra: Any) -> None:
+        """One line per start / resume / end in trials/<number>/events.jsonl: who ran what, when."""
+        line = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        path = self.trial_dir(number) / "events.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(line | extra) + "\n")
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
+        stored = isinstance(trial, optuna.Trial)  # FixedTrial (re-running a config by hand) has no storage
+        system = trial.storage.get_trial_system_attrs(trial._trial_id) if stored else {}
+        if stored:
+            trial.set_user_attr(OWNER_ATTR, owner_record(trial._trial_id))
         params = suggest_params(trial, self.cfg.search_space)
         trial.set_user_attr("trial_params", vars(params))  # fixed values too: evaluate re-trains with these
+        retry_history = list(system.get("retry_history", []))
+        # a retry continues its original's random streams: reproducible from (params, seed) alone
+        seed = self.cfg.seed + int(system.get("failed_trial", trial.number))
+        trial.set_user_attr("seed", seed)
+        ckpt_on = bool(self.cfg.fault_tolerance["checkpoints"])
+        checkpoint = TrialCheckpoint(self.trial_dir(trial.number) / "checkpoint.pt")
+        source = (
+            TrialCheckpoint(self.trial_dir(retry_history[-1]) / "checkpoint.pt") if retry_history else None
+        )
+        resume = source.load() if source is not None and ckpt_on else None
         run = None
         if self.tracker is not None and self.parent_run is not None:
+            link = {}
+            if retry_history:
+                link = {"harness.retry_of": str(retry_history[-1])}
+                if "mlflow_run_id" in trial.user_attrs:  # inherited from the trial it retries
+                    link["harness.retry_of_run"] = str(trial.user_attrs["mlflow_run_id"])
             run = self.tracker.trial_run(
-                self.parent_run, trial.number, vars(params) | {"epochs": self.cfg.epochs}
+                self.parent_run,
+                trial.number,
+                vars(params) | {"epochs": self.cfg.epochs, "seed": seed},
+                extra_tags=link,
             )
             trial.set_user_attr("mlflow_run_id", run)
             self.tracker.log_json(run, self.prep.split.manifest, "split_manifest.json")
@@ -80,15 +122,25 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val R@1 {r1:.4f}")
 
+        if resume is not None:
+            done = int(resume["epoch"])
+            log.info("trial %d resumes trial %d after epoch %d", trial.number, retry_history[-1], done)
+            trial.set_user_attr("resumed_from", {"trial": retry_history[-1], "epoch": done})
+            self._event(trial.number, "resume", from_trial=retry_history[-1], after_epoch=done)
+        else:
+            self._event(trial.number, "start", retry_of=retry_history[-1] if retry_history else None)
+
         state = "FAIL"
         try:
-            seed = self.cfg.seed + trial.number  # a trial is reproducible from (params, seed) alone
             torch.manual_seed(seed)
             self.train_src.reseed(seed)
             model = build_model(self.prep, params, self.device, self.pool)
             if run is not None and self.pool.compile_s:
                 self.tracker.log_metrics(run, {"compile_s": self.pool.compile_s})  # type: ignore[union-attr]
                 self.pool.compile_s = 0.0  # logged once, with the trial that paid it
+            if resume is not None:
+                for h in resume["history"]:  # the pruner and MLflow see the epochs done before the kill
+                    on_epoch(int(h["epoch"]), h)
             train(
                 model,
                 params,
@@ -98,6 +150,8 @@ class Objective:
                 seed=seed,
                 val_src=self.val_src,
                 on_epoch=on_epoch,
+                resume=resume,
+                on_checkpoint=checkpoint.save if ckpt_on else None,
             )
             state = "COMPLETE"
         except optuna.TrialPruned:
@@ -106,9 +160,15 @@ class Objective:
         except TrainingDiverged as e:
             log.warning("trial %d failed: %s", trial.number, e)
             trial.set_user_attr("fail_reason", str(e))
+            state = "DIVERGED"
             return math.nan  # Optuna records FAIL and the study goes on
         finally:
-            self._summarise(trial, history, best, run, state)
+            if state != "FAIL":  # finished for good: its checkpoints are no longer needed
+                checkpoint.remove()
+                if source is not None:
+                    source.remove()
+            self._event(trial.number, "end", state="FAIL" if state == "DIVERGED" else state)
+            self._summarise(trial, history, best, run, "FAIL" if state == "DIVERGED" else state)
         return best["value"]
 
     def _summarise(

@@ -1,39 +1,93 @@
-"""Create a study once, then run workers that share its storage until the budget is met."""
+"""Create a study once, then run workers that share its storage until the budget is met.
+
+Budget: a worker starts a new trial only while finished + running trials < ``n_trials`` (it
+waits, sweeping for dead workers, when the rest is in flight), so parallel workers do not
+overshoot. Trials of dead workers are failed by the heartbeat sweep and re-queued; re-queued
+(WAITING) trials run first and resume from their checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import tempfile
+import threading
 import time
 import uuid
+import warnings
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, HarnessError
 from harness.study.config import StudyConfig
 from harness.study.data import prepare, resolve_device
 from harness.study.objective import Objective
+from harness.study.storage import open_storage
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """``journal:PATH`` (default; safe for several local workers) or any SQLAlchemy URL."""
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-    except Exception as e:
-        raise HarnessError(f"cannot open Optuna storage {url!r}: {str(e).splitlines()[0]}") from e
+class StaleTrialHandler:
+    """A trial whose worker died: re-queue it (Optuna's retry callback) and close its MLflow run."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        with warnings.catch_warnings():  # experimental since Optuna 2.8 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=int(cfg.fault_tolerance["max_retry"]))
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = trial.system_attrs.get("retry_history", [])
+        if len(history) >= int(self.cfg.fault_tolerance["max_retry"]):
+            log.warning(
+                "trial %d: its worker stopped; retried %d times already, not again",
+                trial.number,
+                len(history),
+            )
+        else:
+            log.warning(
+                "trial %d: its worker stopped; marked FAIL and re-queued to resume from its checkpoint",
+                trial.number,
+            )
+        self.retry(study, trial)
+        try:
+            tracker = tracker_for(self.cfg)
+            parent = tracker.parent_run(self.cfg.name, study_uid(study), self.cfg.to_dict())
+            tracker.close_trial_run(parent, trial.number, "FAIL", {"harness.fail_reason": "worker stopped"})
+        except Exception as e:  # the study must go on even when MLflow is unreachable
+            log.warning("trial %d: could not close its MLflow run: %s", trial.number, e)
+
+
+def check_writable(cfg: StudyConfig) -> None:
+    """Fail before the first trial, not in the middle of one, when results cannot be written."""
+    dirs = {cfg.study_dir}
+    if cfg.storage_url.startswith("journal:"):
+        dirs.add(Path(cfg.storage_url.removeprefix("journal:")).parent)
+    for d in sorted(dirs):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-"):
+                pass
+        except OSError as e:
+            raise HarnessError(
+                f"cannot write to {d}: {e.strerror or e}; make the results directory writable and check"
+                " it has free space (results_dir in the study config moves it)"
+            ) from None
+
+
+def storage_for(cfg: StudyConfig) -> optuna.storages.BaseStorage:
+    ft = cfg.fault_tolerance
+    return open_storage(
+        cfg.storage_url, int(ft["heartbeat_interval"]), int(ft["grace_period"]), StaleTrialHandler(cfg)
+    )
 
 
 def _sampler(cfg: StudyConfig, worker: int) -> optuna.samplers.BaseSampler:
@@ -66,7 +120,7 @@ def _changed(cfg: StudyConfig) -> ConfigError:
 
 def load_study(cfg: StudyConfig, worker: int = 0) -> optuna.Study:
     """Open an existing study; refuse it when it was created with another search space/protocol."""
-    storage = open_storage(cfg.storage_url)
+    storage = storage_for(cfg)
     try:
         study = optuna.load_study(
             study_name=cfg.name, storage=storage, sampler=_sampler(cfg, worker), pruner=_pruner(cfg)
@@ -87,15 +141,21 @@ def study_uid(study: optuna.Study) -> str:
 
 def create(cfg: StudyConfig) -> dict:
     """Create (or re-open) the study and its MLflow parent run; refuse a changed search space."""
-    storage = open_storage(cfg.storage_url)
-    study = optuna.create_study(
-        study_name=cfg.name,
-        storage=storage,
-        direction="maximize",
-        sampler=_sampler(cfg, 0),
-        pruner=_pruner(cfg),
-        load_if_exists=True,
-    )
+    check_writable(cfg)
+    storage = storage_for(cfg)
+    try:  # an existing study is checked before anything is written to it
+        study = optuna.load_study(
+            study_name=cfg.name, storage=storage, sampler=_sampler(cfg, 0), pruner=_pruner(cfg)
+        )
+    except KeyError:
+        study = optuna.create_study(
+            study_name=cfg.name,
+            storage=storage,
+            direction="maximize",
+            sampler=_sampler(cfg, 0),
+            pruner=_pruner(cfg),
+            load_if_exists=True,  # another process may create it between our load and create
+        )
     stored = study.user_attrs.get("space_hash")
     if stored is None:
         study.set_user_attr("space_hash", cfg.space_hash())
@@ -123,29 +183,54 @@ def _manifest_hash(cfg: StudyConfig) -> str | None:
     return json.loads(path.read_text())["hash"] if path.is_file() else None
 
 
+def counts(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
+    c = counts(study)
+    return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
 
 
-def failed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+def diverged(study: optuna.Study) -> list[FrozenTrial]:
+    """FAIL trials that failed by themselves (NaN loss), not because their worker died."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if "fail_reason" in t.user_attrs
+    ]
 
 
-def _stop_on_sigterm() -> None:
-    """SLURM's time limit and scancel send SIGTERM: end the running trial as FAIL, not RUNNING forever."""
+def sweep(study: optuna.Study) -> None:
+    """Fail and re-queue trials of dead workers; every worker may do this at any time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class Interrupted(HarnessError):
+    """The worker got SIGTERM/SIGINT (SLURM time limit, scancel, Ctrl-C)."""
+
+
+def _stop_on_sigterm() -> Any:
+    """SLURM's time limit and scancel send SIGTERM: end the running trial as FAIL, not RUNNING forever.
+
+    Returns the previous handler (None when not on the main thread, where signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(
-            f"signal {signum}"
-        )  # Optuna records FAIL on KeyboardInterrupt, then re-raises
+        raise KeyboardInterrupt(f"signal {signum}")  # Optuna records FAIL on KeyboardInterrupt, re-raises
 
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     """Run trials until the study (all workers together) has ``budget.n_trials`` finished ones."""
     n_trials = cfg.budget["n_trials"] or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, worker)
+    check_writable(cfg)
+    sweep(study)
     if finished(study) >= n_trials:
         log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
         return 0
@@ -155,27 +240,64 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     objective = Objective(cfg, prep, device, tracker, parent)
     before = time.perf_counter()
-    mine: list[int] = []
-    max_failures = max(3, min(n_trials, 50))
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm()
+    try:
+        return _loop(cfg, study, objective, worker, n_trials, before)
+    except KeyboardInterrupt as e:
+        requeued = _requeue_interrupted(study, objective, cfg)
+        raise Interrupted(
+            f"worker {worker} stopped by {e or 'an interrupt'}"
+            + (
+                f"; trial {requeued} is re-queued and resumes from its checkpoint"
+                if requeued is not None
+                else ""
+            )
+        ) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
-    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        mine.append(trial.number)
-        if finished(study) >= n_trials:
-            study.stop()
-        fails = failed(study)
+
+def _loop(
+    cfg: StudyConfig, study: optuna.Study, objective: Objective, worker: int, n_trials: int, before: float
+) -> int:
+    timeout = cfg.budget.get("timeout")
+    ran = 0
+    max_failures = max(3, min(n_trials, 50))
+    poll = min(5.0, float(cfg.fault_tolerance["heartbeat_interval"]))
+    waited = False
+    while timeout is None or time.perf_counter() - before < timeout:
+        sweep(study)
+        c = counts(study)
+        done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        if done >= n_trials:
+            break
+        if not c[TrialState.WAITING] and done + c[TrialState.RUNNING] >= n_trials:
+            if not waited:
+                log.info("worker %d: the rest of the budget is in flight; waiting for it", worker)
+                waited = True
+            time.sleep(poll)  # a dead worker's trial comes back as WAITING after the sweep
+            continue
+        waited = False
+        study.optimize(objective, n_trials=1, gc_after_trial=False)
+        ran += 1
+        fails = diverged(study)
         if len(fails) >= max_failures:  # a config that always fails must not loop forever
             reason = fails[-1].user_attrs.get("fail_reason", "see the worker log")
             raise HarnessError(
                 f"study {cfg.name!r}: {len(fails)} trials failed (last: {reason}); fix the search space"
             )
+    log.info("worker %d ran %d trials in %.1f s", worker, ran, time.perf_counter() - before)
+    return ran
 
-    study.optimize(
-        objective,
-        n_trials=None,
-        timeout=cfg.budget.get("timeout"),
-        callbacks=[stop_at_budget],
-        gc_after_trial=False,
-    )
-    log.info("worker %d ran %d trials in %.1f s", worker, len(mine), time.perf_counter() - before)
-    return len(mine)
+
+def _requeue_interrupted(study: optuna.Study, objective: Objective, cfg: StudyConfig) -> int | None:
+    """The trial a signal interrupted (Optuna has marked it FAIL): queue its retry. Its number, or None."""
+    number = objective.current
+    if number is None:
+        return None
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs:  # finished, or diverged
+        return None
+    StaleTrialHandler(cfg)(study, trial)
+    return number

@@ -87,6 +87,16 @@ class Tracker:
         self.log_params(run_id, params)
         return run_id
 
+    def close_trial_run(self, parent_id: str, number: int, state: str, tags: dict[str, str]) -> str:
+        """End trial ``number``'s run as ``state`` (created first if its worker died before making it)."""
+        key = f"hpo-{number}"
+        run_id = self._find(f"tags.`harness.key` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+        if run_id is None:
+            run_id = self.trial_run(parent_id, number, {})
+        self.set_tags(run_id, tags)
+        self.end(run_id, state)
+        return run_id
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         existing = self.client.get_run(run_id).data.params
         fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]

@@ -17,6 +17,7 @@ from harness.evaluation import retrieval_metrics
 from harness.losses import get_distance
 from harness.mining import get_miner
 from harness.mining.base import farness, indexed_loss
+from harness.training.checkpoint import rng_state, set_rng_state
 from harness.training.sources import Source
 
 
@@ -76,6 +77,7 @@ def evaluate_source(
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+CheckpointCallback = Callable[[dict], None]
 
 
 class PhaseTimer:
@@ -118,12 +120,18 @@ def train(
     val_src: Source | None = None,
     on_epoch: EpochCallback | None = None,
     miner_impl: str = "own",
+    resume: dict | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; return one dict of statistics per epoch (``on_epoch`` sees each).
 
     Phases per step: data (index + augment), forward, mine (mining fused with the loss forward for
     online miners), loss_backward (backward + optimiser step). Nothing in the step waits for the
     device; statistics are read once per epoch.
+
+    ``on_checkpoint`` receives the full training state after each epoch (before ``on_epoch``, which
+    may prune); ``resume`` is such a state: training continues with the epoch after it, on the same
+    random streams, and the returned history includes the resumed epochs.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -140,9 +148,18 @@ def train(
     per_epoch = len(sampler) * params.batch_size  # images per epoch, the same for every strategy
     pool = None
     images_seen = 0
-    history = []
+    history: list[dict[str, float]] = []
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"], gen, dev_gen, sampler.rng, train_src)
+        history = [dict(h) for h in resume["history"]]
+        images_seen = int(resume["images_seen"])
+        pool = None if resume["pool"] is None else resume["pool"].to(device)
+        first = int(resume["epoch"]) + 1
     timer = PhaseTimer(device)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         model.train()
         offline_s = 0.0
         if miner.offline:
@@ -210,6 +227,20 @@ def train(
                 {f"val_{k}": v for k, v in evaluate_source(model, val_src, params.distance, device).items()}
             )
         history.append(stats)
+        if on_checkpoint is not None:
+            t0 = time.perf_counter()
+            on_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng_state(gen, dev_gen, sampler.rng, train_src),
+                    "history": history,
+                    "images_seen": images_seen,
+                    "pool": None if pool is None else pool.cpu(),
+                }
+            )
+            stats["checkpoint_s"] = time.perf_counter() - t0  # not part of train_img_per_s
         if on_epoch is not None:
             on_epoch(epoch, stats)
     return history
