@@ -93,9 +93,28 @@ def cmd_report(a: argparse.Namespace) -> None:
     from harness.report import build_report
     from harness.study import load_config
 
-    for path in a.config:
-        out = build_report(load_config(path))
-        print(out)
+    names = [*a.studies, *(a.config or [])]
+    if not names:
+        raise HarnessError("harness report: name at least one study (a config path or a study name)")
+    cfgs = [load_config(_study_config_path(n)) for n in names]
+    if a.separate:
+        for cfg in cfgs:
+            print(build_report(cfg))
+    else:
+        print(build_report(cfgs, Path(a.out) if a.out else None))
+
+
+def _study_config_path(name: str) -> Path:
+    """A config file, or a study name: its frozen config under results/, else studies/<name>.yaml."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        return Path(name)  # a path: load_config names it if it is missing
+    for candidate in (Path(name), Path("results") / name / "config.yaml", Path("studies") / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise HarnessError(
+        f"unknown study {name!r}: no such config file, no results/{name}/config.yaml and no"
+        f" studies/{name}.yaml; pass the study's config path"
+    )
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -147,8 +166,15 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--config", required=True)
     e.set_defaults(func=cmd_evaluate)
-    r = sub.add_parser("report", help="build results/{study}/report/index.html")
-    r.add_argument("--config", required=True, nargs="+")
+    r = sub.add_parser(
+        "report",
+        help="one HTML page for one or more studies (results/{study}/report/index.html, or"
+        " results/report/{a}+{b}/ for several)",
+    )
+    r.add_argument("studies", nargs="*", metavar="STUDY", help="study config path or study name")
+    r.add_argument("--config", nargs="+", help="same as STUDY (kept for scripts)")
+    r.add_argument("--out", help="output folder (default: see above)")
+    r.add_argument("--separate", action="store_true", help="one page per study instead of one for all")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="throughput: raw timm step vs harness step, own vs PML miners")
     b.add_argument("--out", default="bench/results")

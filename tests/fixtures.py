@@ -18,12 +18,14 @@ def _palette(n_classes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(20, 236, size=(n_classes, 2, 3)).astype(np.float32)
 
 
-def _write_jpeg(path: Path, colours: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> None:
+def _write_jpeg(
+    path: Path, colours: np.ndarray, size: tuple[int, int], rng: np.random.Generator, noise: float = 12.0
+) -> None:
     w, h = size
     img = np.empty((h, w, 3), dtype=np.float32)
     img[: h // 2] = colours[0]
     img[h // 2 :] = colours[1]
-    img += rng.normal(0.0, 12.0, size=img.shape)
+    img += rng.normal(0.0, noise, size=img.shape)
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
@@ -33,10 +35,12 @@ def make_cub(
     per_class: int = 3,
     size: tuple[int, int] = (40, 32),
     seed: int = 0,
+    noise: float = 12.0,
 ) -> Path:
     """Write ``root/CUB_200_2011`` (images/, images.txt, labels, classes, split, boxes); return it.
 
-    ``size`` is (width, height). Image ids run class by class, as in the official files.
+    ``size`` is (width, height). Image ids run class by class, as in the official files. ``noise``
+    (pixel s.d.) makes retrieval harder: the default leaves classes easy to tell apart.
     """
     cub = Path(root) / "CUB_200_2011"
     (cub / "images").mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,7 @@ def make_cub(
         for k in range(1, per_class + 1):
             image_id += 1
             rel = f"{folder}/{name}_{k:04d}.jpg"
-            _write_jpeg(cub / "images" / rel, palette[c - 1], size, rng)
+            _write_jpeg(cub / "images" / rel, palette[c - 1], size, rng, noise)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {c}")
             split.append(f"{image_id} {k % 2}")

@@ -382,3 +382,10 @@ def test_read_only_results_dir(finished_study: Path, tmp_path: Path) -> None:
     assert "Permission denied" in msg or "Read-only file system" in msg, msg
     assert "writable" in msg
     assert _stored(tmp_path) == before
+
+
+def test_report_unknown_study_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["report", "no-such-study"], capsys)
+    msg = one_error_line(code, err)
+    assert "unknown study 'no-such-study'" in msg and "studies/no-such-study.yaml" in msg

@@ -267,3 +267,23 @@ def test_real_cub() -> None:
     assert len(images.subset(list(cub.test_classes))) == 5924
     np.testing.assert_array_equal(images.classes, np.arange(1, 201))
     assert images.absolute(0).is_file() and images.absolute(len(images) - 1).is_file()
+
+
+def test_cache_key_tells_two_copies_and_a_changed_file_apart(tmp_path) -> None:
+    """Same file list, different bytes: the caches must not be shared (the fingerprint is)."""
+    from fixtures import make_cub
+
+    from harness.data import get_dataset
+
+    a = get_dataset("cub").load(make_cub(tmp_path / "a", n_classes=200, per_class=2), strict_counts=False)
+    b = get_dataset("cub").load(
+        make_cub(tmp_path / "b", n_classes=200, per_class=2, noise=80.0), strict_counts=False
+    )
+    assert a.fingerprint() == b.fingerprint()  # the split manifest's dataset identity
+    assert a.cache_key() != b.cache_key()
+    again = get_dataset("cub").load(tmp_path / "a" / "CUB_200_2011", strict_counts=False)
+    assert again.cache_key() == a.cache_key()
+    before = a.cache_key()
+    first = a.image_dir / a.paths[0]
+    first.write_bytes(first.read_bytes() + b"\0")  # a repaired / replaced image
+    assert a.cache_key() != before

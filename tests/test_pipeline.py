@@ -6,7 +6,13 @@ One module-scoped run feeds most tests (tiny random-init timm trunk, frozen, 32 
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +53,7 @@ def tiny_config(root: Path, results: Path, n_trials: int = 4) -> dict:
         "budget": {"n_trials": n_trials},
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "none"},
-        "evaluate": {"top_n": 2, "seed": 0},
+        "evaluate": {"top_n": 2, "seed": 0, "seeds": 2},
         "search_space": {
             # margin is searched (not fixed) so the report draws its R@1-vs-margin figure too
             "margin": {"low": 0.1, "high": 0.3},
@@ -61,7 +67,7 @@ def tiny_config(root: Path, results: Path, n_trials: int = 4) -> dict:
 
 
 def write_config(tmp: Path, n_trials: int = 4) -> tuple[Path, Path]:
-    root = make_cub(tmp / "data", per_class=4)
+    root = make_cub(tmp / "data", per_class=4, noise=60.0)  # noisy: validation R@1 is not saturated
     results = tmp / "results"
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(root, results, n_trials), sort_keys=False))
@@ -140,17 +146,58 @@ def test_mlflow_one_hpo_run_per_trial(pipeline: Run) -> None:
         history = client.get_metric_history(r.info.run_id, "val_recall_at_1")
         assert sorted(m.step for m in history) == [1, 2]
         assert max(m.value for m in history) == pytest.approx(t.value)
-    assert len(pipeline.runs("test")) == 3  # baseline + top 2
+    assert len(pipeline.runs("test")) == 1 + (2 + 3) * 2  # baseline + (top 2 + 3 references) x 2 seeds
 
 
-def test_test_csv_has_baseline_and_top_configs(pipeline: Run) -> None:
+def test_test_csv_has_baseline_top_configs_and_references(pipeline: Run) -> None:
     df = pd.read_csv(pipeline.study_dir / "test.csv")
-    assert len(df) == 3
+    assert list(df["kind"]) == ["baseline", "top", "top", "reference", "reference", "reference"]
     assert df["config"].iloc[0].startswith("baseline")
     assert df["test_recall@1"].between(0, 1).all()
     done = [t for t in pipeline.study().get_trials() if t.state == TrialState.COMPLETE]
     top = sorted(done, key=lambda t: t.value, reverse=True)[:2]
-    assert [int(x) for x in df["trial"].iloc[1:]] == [t.number for t in top]
+    assert [int(x) for x in df["trial"].iloc[1:3]] == [t.number for t in top]
+    refs = df[df["kind"] == "reference"]
+    assert sorted(refs["mining"]) == ["offline-hard", "random", "semihard"]  # the searched strategies
+    assert (refs["margin"] == 0.2).all()
+    assert (df["n_seeds"].iloc[1:] == 2).all() and df["n_seeds"].iloc[0] == 1
+
+
+def test_intervals_come_from_the_seed_runs(pipeline: Run) -> None:
+    from scipy import stats as st
+
+    df = pd.read_csv(pipeline.study_dir / "test.csv").set_index("config")
+    runs = pd.read_csv(pipeline.study_dir / "test_runs.csv")
+    assert len(runs) == 1 + 5 * 2
+    for config, part in runs[runs["kind"] != "baseline"].groupby("config"):
+        x = part["test_recall@1"].to_numpy()
+        assert sorted(part["seed"]) == [0, 1]
+        assert df.loc[config, "test_recall@1"] == pytest.approx(x.mean())
+        if x.std() > 0:
+            low, high = st.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=st.sem(x))
+            assert (
+                df.loc[config, "test_recall@1_low"],
+                df.loc[config, "test_recall@1_high"],
+            ) == pytest.approx((low, high))
+    base = df.loc[df.index[0]]  # one deterministic run: a bootstrap interval over the test queries
+    assert base["interval"] == "bootstrap over queries"
+    assert base["test_recall@1_low"] <= base["test_recall@1"] <= base["test_recall@1_high"]
+
+
+def test_comparisons_pair_the_best_config_with_each_reference_and_the_baseline(pipeline: Run) -> None:
+    comp = pd.read_csv(pipeline.study_dir / "comparisons.csv")
+    test = pd.read_csv(pipeline.study_dir / "test.csv")
+    best = test[test["kind"] == "top"]["config"].iloc[0]
+    assert (comp["config"] == best).all()
+    assert len(comp) == (3 + 1) * 2  # 3 references + baseline, for R@1 and MAP@R
+    vs_refs = comp[comp["versus"].str.startswith("reference")]
+    assert set(vs_refs["method"]) == {"paired t over seeds"}
+    assert set(comp[comp["versus"].str.startswith("baseline")]["method"]) == {"paired bootstrap over queries"}
+    runs = pd.read_csv(pipeline.study_dir / "test_runs.csv")
+    ref = vs_refs.iloc[0]
+    a = runs[runs["config"] == best].sort_values("seed")[f"test_{ref['metric']}"].to_numpy()
+    b = runs[runs["config"] == ref["versus"]].sort_values("seed")[f"test_{ref['metric']}"].to_numpy()
+    assert ref["difference"] == pytest.approx((a - b).mean())
 
 
 def test_evaluate_retrains_with_the_trials_fixed_params(pipeline: Run) -> None:
@@ -158,13 +205,31 @@ def test_evaluate_retrains_with_the_trials_fixed_params(pipeline: Run) -> None:
     assert (df["embedding_dim"].iloc[1:] == 16).all()
 
 
+FIGURES = (
+    "test_r1_ci",
+    "r1_by_mining_distance",
+    "r1_vs_margin",
+    "r1_vs_batch",
+    "throughput",
+    "history",
+    "importances",
+    "pareto",
+    "compute_curves",
+)
+
+
 def test_report_page(pipeline: Run) -> None:
-    page = (pipeline.study_dir / "report" / "index.html").read_text()
-    assert page.count("<img ") == 5
-    assert page.count('src="data:image/png;base64,') == 5
-    assert 'class="dataframe test"' in page
-    assert "test_recall@1" in page and "baseline (no triplet training)" in page
-    assert len(list((pipeline.study_dir / "report" / "figures").glob("*.png"))) == 5
+    report = pipeline.study_dir / "report"
+    page = (report / "index.html").read_text()
+    for key in FIGURES:
+        assert f'id="fig-{key}"' in page, key
+        assert (report / "figures" / f"{key}.png").is_file()
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert "not drawn" not in page
+    assert "baseline (no triplet training)" in page and "Best config <b>trial" in page
+    for table in ("test", "comparisons", "equal_compute", "strategies", "trials", "manifest", "environment"):
+        assert (report / "tables" / f"{table}.csv").is_file()
+        assert f'id="table-{table}"' in page
 
 
 def test_rerun_adds_no_trials_and_decodes_nothing(pipeline: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,3 +277,72 @@ def test_hpo_never_reads_test_classes(tmp_path: Path, monkeypatch: pytest.Monkey
     val = set(np.unique(obj.val_src.labels.cpu().numpy()).tolist())
     assert train == set(m["train"]) and val == set(m["val"])
     assert not (train | val) & set(m["test"])
+
+
+# --- the report in a real browser ------------------------------------------------------------------
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0}));
+  const tables = Object.fromEntries([...document.querySelectorAll("table[id]")].map(
+    t => [t.id.replace(/^table-/, ""), t.tBodies.length ? t.tBodies[0].rows.length : 0]));
+  const out = document.createElement("pre");
+  out.id = "harness-check";
+  out.textContent = JSON.stringify({images, tables});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("HARNESS_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium not found (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--virtual-time-budget=10000",
+    ]
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [exe, *flags, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
+
+
+def test_report_in_headless_chromium(pipeline: Run) -> None:
+    """Every figure decodes in a real browser (no broken image), every table has its CSV's rows."""
+    report = pipeline.study_dir / "report"
+    page = (report / "index.html").read_text()
+    probe = report / ".browser-check.html"  # a copy beside the page, so relative links resolve alike
+    probe.write_text(page.replace("</body>", CHECK + "</body>"))
+    try:
+        dom = chromium("--dump-dom", probe.as_uri())
+    finally:
+        probe.unlink()
+    match = re.search(r'<pre id="harness-check">(.*?)</pre>', dom.stdout, re.S)
+    assert match, dom.stderr[-2000:]
+    found = json.loads(html.unescape(match.group(1)))
+    assert len(found["images"]) == len(FIGURES)
+    assert all(i["ok"] for i in found["images"]), [i["alt"] for i in found["images"] if not i["ok"]]
+    for key, rows in found["tables"].items():
+        assert rows == len(pd.read_csv(report / "tables" / f"{key}.csv")), key
+    assert found["tables"]["trials"] == len(pipeline.study().trials)
+    assert found["tables"]["test"] == 6
+
+    shot = pipeline.tmp / "report.png"
+    r = chromium("--window-size=1200,3000", f"--screenshot={shot}", (report / "index.html").as_uri())
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (3000, 1200)
+    assert pixels.std() > 20  # figures and tables drawn, not a blank page

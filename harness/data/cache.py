@@ -1,7 +1,7 @@
 """Decoded-image cache: decode + resize once to a uint8 .npy, memory-mapped on every later load.
 
-Keyed by dataset, image size and the file-list fingerprint, so a second run of a study never
-decodes a JPEG, and a changed dataset never reuses a stale cache.
+Keyed by dataset, image size and ``ImageList.cache_key`` (file list, location, sizes and mtimes),
+so a second run of a study never decodes a JPEG, and a changed dataset never reuses a stale cache.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_path(images: ImageList, size: int, cache_dir: Path) -> Path:
-    return Path(cache_dir) / "images" / f"{images.dataset}-{size}px-{images.fingerprint()}.npy"
+    return Path(cache_dir) / "images" / f"{images.dataset}-{size}px-{images.cache_key()}.npy"
 
 
 def build_image_cache(images: ImageList, size: int, cache_dir: Path, threads: int | None = None) -> Path:

@@ -51,23 +51,24 @@ def _nmi(embeddings: Tensor, labels: Tensor, distance: str, seed: int) -> float:
 
 
 @torch.no_grad()
-def retrieval_metrics(
+def per_query_scores(
     embeddings: Tensor,
     labels: Tensor | np.ndarray,
     distance: str = "cosine",
     ks: Sequence[int] = (1, 2, 4, 8),
-    nmi: bool = True,
-    seed: int = 0,
     chunk: int = 4096,
-) -> dict[str, float]:
-    """Leave-one-out retrieval metrics over one embedding set, as reported in DML papers.
+) -> dict[str, np.ndarray]:
+    """Each query's ``recall@K`` hit (0/1), AP@R (``map@r``) and ``r_precision``: the numbers
+    ``retrieval_metrics`` averages, kept per query for bootstrap intervals and paired tests.
 
-    Keys: ``recall@K`` for each K in ``ks`` (share of queries with a same-class item in the top K),
-    ``map@r`` and ``r_precision`` (Musgrave et al., "A Metric Learning Reality Check", R = number of
-    other same-class items), and ``nmi`` when ``nmi`` is true. Queries whose class has no other member
-    are left out of the retrieval metrics, as pytorch-metric-learning does; NMI uses every point.
-    ``chunk`` bounds kNN memory (query rows per distance block) and never changes the result.
+    Queries whose class has no other member are left out, as in ``retrieval_metrics``.
     """
+    return {k: v.cpu().numpy() for k, v in _per_query(embeddings, labels, distance, ks, chunk).items()}
+
+
+def _per_query(
+    embeddings: Tensor, labels: Tensor | np.ndarray, distance: str, ks: Sequence[int], chunk: int
+) -> dict[str, Tensor]:
     if distance not in DISTANCES:
         raise unknown_name("distance", distance, DISTANCES)
     cutoffs = _check_ks(ks)
@@ -88,19 +89,45 @@ def retrieval_metrics(
     match = y[idx] == y.unsqueeze(1)  # [N, k]
 
     match, r = match[valid], r[valid]
-    out: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     for cutoff in cutoffs:
-        hit = match[:, : min(cutoff, k)].any(dim=1)
-        out[f"recall@{cutoff}"] = hit.double().mean().item()
+        out[f"recall@{cutoff}"] = match[:, : min(cutoff, k)].any(dim=1).double()
 
     ranks = torch.arange(1, k + 1, device=device)
     rel = match & (ranks.unsqueeze(0) <= r.unsqueeze(1))  # relevant hits within the first R ranks
     rel_f = rel.double()
     precision_at_i = rel_f.cumsum(dim=1) / ranks.double()
     r_f = r.double()
-    out["map@r"] = ((precision_at_i * rel_f).sum(dim=1) / r_f).mean().item()
-    out["r_precision"] = (rel_f.sum(dim=1) / r_f).mean().item()
+    out["map@r"] = (precision_at_i * rel_f).sum(dim=1) / r_f
+    out["r_precision"] = rel_f.sum(dim=1) / r_f
+    return out
 
+
+@torch.no_grad()
+def retrieval_metrics(
+    embeddings: Tensor,
+    labels: Tensor | np.ndarray,
+    distance: str = "cosine",
+    ks: Sequence[int] = (1, 2, 4, 8),
+    nmi: bool = True,
+    seed: int = 0,
+    chunk: int = 4096,
+    per_query: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Leave-one-out retrieval metrics over one embedding set, as reported in DML papers.
+
+    Keys: ``recall@K`` for each K in ``ks`` (share of queries with a same-class item in the top K),
+    ``map@r`` and ``r_precision`` (Musgrave et al., "A Metric Learning Reality Check", R = number of
+    other same-class items), and ``nmi`` when ``nmi`` is true. Queries whose class has no other member
+    are left out of the retrieval metrics, as pytorch-metric-learning does; NMI uses every point.
+    ``chunk`` bounds kNN memory (query rows per distance block) and never changes the result.
+    Pass a dict as ``per_query`` to receive the per-query scores too (see ``per_query_scores``).
+    """
+    scores = _per_query(embeddings, labels, distance, ks, chunk)
+    out = {k: v.mean().item() for k, v in scores.items()}
+    if per_query is not None:
+        per_query.update({k: v.cpu().numpy() for k, v in scores.items()})
     if nmi:
+        y = _labels_tensor(labels, embeddings.shape[0], embeddings.device)
         out["nmi"] = _nmi(embeddings, y, distance, seed)
     return out

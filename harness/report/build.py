@@ -1,4 +1,9 @@
-"""One self-contained HTML page per study: seaborn figures (inline PNG) and pandas tables."""
+"""One self-contained HTML page for one or more studies: seaborn figures (inline PNG, also saved
+beside the page) and pandas tables (also saved as CSV).
+
+``build_report([cfg])`` writes results/{study}/report/; several studies (e.g. one on CUB and one on
+Cars with the same search space) go on one page with a cross-dataset comparison.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +11,46 @@ import base64
 import html
 import io
 import json
+import math
 import platform
+import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+import optuna
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from harness.errors import HarnessError  # noqa: E402
-from harness.study.config import StudyConfig  # noqa: E402
-from harness.study.runner import load_study, study_uid, tracker_for  # noqa: E402
+from harness.errors import HarnessError
+from harness.report import figures as F
+from harness.study.config import StudyConfig
+from harness.study.runner import load_study, study_uid, tracker_for
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+PARAMS = ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim", "refresh_every")
 
 
-def trials_frame(cfg: StudyConfig) -> pd.DataFrame:
-    """Optuna trials joined with each trial's MLflow throughput, one row per trial."""
-    study = load_study(cfg)
+@dataclass
+class StudyData:
+    cfg: StudyConfig
+    study: optuna.Study
+    trials: pd.DataFrame
+    curves: pd.DataFrame  # number, mining, family, images_processed, val_recall@1
+    test: pd.DataFrame | None
+    comparisons: pd.DataFrame | None
+
+
+def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per Optuna trial: params, validation R@1 (value), state and the trial's statistics."""
     df = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if df.empty:
         raise HarnessError(f"study {cfg.name!r} has no trials yet; run the study first")
     df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
     df["state"] = df["state"].astype(str)
-    tracker = tracker_for(cfg)
-    runs = tracker.runs(tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict()), phase="hpo")
-    ml = pd.DataFrame(
-        [
-            {
-                "number": int(r.data.tags["harness.trial"]),
-                "mlflow_train_img_per_s": r.data.metrics.get("train_img_per_s"),
-                "mlflow_run_id": r.info.run_id,
-            }
-            for r in runs
-        ]
-    )
-    if not ml.empty:
-        df = df.drop(columns=[c for c in ("mlflow_run_id",) if c in df]).merge(ml, on="number", how="left")
+    fixed = {k: v for k, v in cfg.search_space.items() if not isinstance(v, dict)}
+    for k, v in fixed.items():  # values fixed in the search space are not Optuna params
+        if k not in df:
+            df[k] = v
     if "batch_p" in df and "batch_k" in df:
         df["batch"] = (
             df["batch_p"].astype("Int64").astype(str) + "×" + df["batch_k"].astype("Int64").astype(str)
@@ -55,137 +59,155 @@ def trials_frame(cfg: StudyConfig) -> pd.DataFrame:
     return df
 
 
-def _png(fig: plt.Figure, path: Path) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    fig.savefig(path, dpi=200, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    if "curve" in df:
+        for _, t in df.iterrows():
+            if isinstance(t["curve"], list):
+                family = "offline" if str(t.get("mining", "")).startswith("offline-") else "online"
+                for images, r1 in t["curve"]:
+                    rows.append(
+                        {
+                            "number": t["number"],
+                            "mining": t.get("mining"),
+                            "family": family,
+                            "images_processed": images,
+                            "val_recall@1": r1,
+                        }
+                    )
+    return pd.DataFrame(rows, columns=["number", "mining", "family", "images_processed", "val_recall@1"])
 
 
-def figures(df: pd.DataFrame, fig_dir: Path) -> list[tuple[str, str, str]]:
-    """(title, caption, base64 PNG) for each figure; PNGs are also written to ``fig_dir``."""
-    sns.set_theme(style="whitegrid", context="paper")
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    done = df[df["state"] == "COMPLETE"].copy()
-    scored = df[df["value"].notna()].copy()
-    out = []
+def load_data(cfg: StudyConfig) -> StudyData:
+    study = load_study(cfg)
+    df = trials_frame(study, cfg)
+    test_csv, comp_csv = cfg.study_dir / "test.csv", cfg.study_dir / "comparisons.csv"
+    test = pd.read_csv(test_csv) if test_csv.is_file() else None
+    if test is not None and "kind" not in test:
+        raise HarnessError(f"{test_csv} comes from an older harness; rerun 'harness evaluate' for this study")
+    comp = pd.read_csv(comp_csv) if comp_csv.is_file() else None
+    return StudyData(cfg, study, df, curves_frame(df), test, comp)
 
-    if not done.empty and "mining" in done:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        order = sorted(done["mining"].unique())
-        sns.boxplot(
-            done, x="mining", y="value", hue="distance" if "distance" in done else None, order=order, ax=ax
-        )
-        sns.stripplot(
-            done,
-            x="mining",
-            y="value",
-            hue="distance" if "distance" in done else None,
-            order=order,
-            dodge=True,
-            color="k",
-            size=3,
-            legend=False,
-            ax=ax,
-        )
-        ax.set(xlabel="mining strategy", ylabel="validation Recall@1")
-        ax.tick_params(axis="x", rotation=30)
-        out.append(
-            (
-                "Validation R@1 by mining × distance",
-                "Complete trials; one point per trial.",
-                _png(fig, fig_dir / "r1_by_mining_distance.png"),
-            )
-        )
-    if not done.empty and "margin" in done:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        sns.scatterplot(
-            done,
-            x="margin",
-            y="value",
-            hue="distance" if "distance" in done else None,
-            style="mining" if "mining" in done else None,
-            ax=ax,
-        )
-        ax.set(xlabel="margin", ylabel="validation Recall@1")
-        ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
-        out.append(
-            (
-                "Validation R@1 vs margin",
-                "Per distance (colour) and mining (marker).",
-                _png(fig, fig_dir / "r1_vs_margin.png"),
-            )
-        )
-    if not done.empty and "batch" in done:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        order = done.sort_values("batch_size")["batch"].unique()
-        sns.stripplot(
-            done, x="batch", y="value", order=order, hue="mining" if "mining" in done else None, ax=ax
-        )
-        ax.set(xlabel="batch P×K", ylabel="validation Recall@1")
-        ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
-        out.append(
-            (
-                "Validation R@1 vs batch P×K",
-                "P classes × K images per batch.",
-                _png(fig, fig_dir / "r1_vs_batch.png"),
-            )
-        )
-    speed = "mlflow_train_img_per_s" if "mlflow_train_img_per_s" in scored else "train_img_per_s"
-    if not scored.empty and speed in scored and "mining" in scored:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        sns.barplot(
-            scored, x="mining", y=speed, order=sorted(scored["mining"].unique()), errorbar="sd", ax=ax
-        )
-        ax.set(xlabel="mining strategy", ylabel="train images / s (last epoch)")
-        ax.tick_params(axis="x", rotation=30)
-        out.append(
-            (
-                "Train throughput by mining",
-                "Mean ± s.d. over trials (complete and pruned), from MLflow.",
-                _png(fig, fig_dir / "img_per_s_by_mining.png"),
-            )
-        )
-    if not scored.empty:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        marks = {"COMPLETE": "o", "PRUNED": "X", "FAIL": "s"}
-        sns.scatterplot(scored, x="number", y="value", hue="state", style="state", markers=marks, ax=ax)
-        best = done.sort_values("number").set_index("number")["value"].cummax()
-        if not best.empty:
-            ax.step(best.index, best.values, where="post", color="k", lw=1, label="best so far")
-        ax.set(xlabel="trial", ylabel="validation Recall@1 (pruned: last reported)")
-        ax.legend(fontsize=7)
-        out.append(
-            (
-                "Optimisation history",
-                "Pruned trials marked ×; line: best complete trial so far.",
-                _png(fig, fig_dir / "history.png"),
-            )
-        )
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4f}"
+
+
+def _with_ci(row: pd.Series, m: str) -> str:
+    mean, lo, hi = row[f"test_{m}"], row.get(f"test_{m}_low"), row.get(f"test_{m}_high")
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return _fmt(mean)
+    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+WITH_CI = ("recall@1", "map@r", "r_precision")
+
+
+def test_table(test: pd.DataFrame) -> pd.DataFrame:
+    """R@1, MAP@R and R-precision with their intervals; the other metrics as means (all in the CSV)."""
+    out = pd.DataFrame({"config": test["config"], "kind": test["kind"], "seeds": test["n_seeds"]})
+    for m in METRICS:
+        if f"test_{m}" in test:
+            out[m] = [_with_ci(r, m) if m in WITH_CI else _fmt(r[f"test_{m}"]) for _, r in test.iterrows()]
+    out["val R@1"] = test["val_recall@1"]
+    for p in ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim"):
+        if p in test:
+            out[p] = [_param(v) for v in test[p]]
+    out["epochs"] = test["epochs"]
     return out
 
 
-def _number(v: float) -> str:
-    """4 decimals for metrics, thousands for throughput, scientific for learning rates."""
-    if v != 0 and abs(v) < 0.01:
-        return f"{v:.2e}"
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+def _param(v: object) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.3g}"
+    return str(v)
 
 
-def _table(df: pd.DataFrame, cls: str) -> str:
-    return df.to_html(index=False, float_format=_number, classes=cls, border=0, na_rep="–")
+def comparisons_table(comp: pd.DataFrame) -> pd.DataFrame:
+    out = comp.copy()
+    out["difference [95 % CI]"] = [
+        f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in comp.iterrows()
+    ]
+    out["verdict"] = [
+        "higher" if r["low"] > 0 else "lower" if r["high"] < 0 else "not distinguishable at 95 %"
+        for _, r in comp.iterrows()
+    ]
+    return out[["config", "versus", "metric", "difference [95 % CI]", "p_value", "n", "method", "verdict"]]
 
 
-def _environment(cfg: StudyConfig) -> pd.DataFrame:
+def strategy_table(df: pd.DataFrame) -> pd.DataFrame:
+    return (
+        df.groupby("mining")
+        .agg(
+            trials=("number", "count"),
+            complete=("state", lambda s: int((s == "COMPLETE").sum())),
+            pruned=("state", lambda s: int((s == "PRUNED").sum())),
+            best_val_r1=("value", "max"),
+            median_val_r1=("value", "median"),
+            mean_train_img_per_s=("train_img_per_s", "mean")
+            if "train_img_per_s" in df
+            else ("value", "size"),
+        )
+        .reset_index()
+        .sort_values("best_val_r1", ascending=False)
+    )
+
+
+def equal_compute_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Best validation R@1 each strategy reached within the same budget of images processed: the
+    largest budget every strategy's trials reached (offline mining's embedding passes count)."""
+    if curves.empty:
+        return pd.DataFrame(), math.nan
+    reach = curves.groupby("mining")["images_processed"].max()
+    budget = float(reach.min())
+    within = curves[curves["images_processed"] <= budget]
+    out = (
+        within.groupby(["mining", "family"])["val_recall@1"]
+        .max()
+        .rename("best val R@1 at budget")
+        .reset_index()
+    )
+    out["best val R@1 overall"] = out["mining"].map(curves.groupby("mining")["val_recall@1"].max())
+    out["images to best overall"] = out["mining"].map(
+        curves.loc[curves.groupby("mining")["val_recall@1"].idxmax()].set_index("mining")["images_processed"]
+    )
+    return out.sort_values("best val R@1 at budget", ascending=False), budget
+
+
+def trials_table(df: pd.DataFrame) -> pd.DataFrame:
+    keep = ["number", "state", "value", *PARAMS, "batch", "best_epoch", "train_img_per_s", "images_processed"]
+    return df[[c for c in dict.fromkeys(keep) if c in df]]
+
+
+def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
+    path = cfg.study_dir / "split_manifest.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    rows = [
+        {
+            "split": k,
+            "classes": m["num_classes"][k],
+            "images": m["num_images"][k],
+            "class ids": f"{min(v)}–{max(v)}" if k == "test" else f"{len(v)} ids",
+        }
+        for k, v in m["classes"].items()
+    ]
+    return pd.DataFrame(rows), m
+
+
+def environment() -> pd.DataFrame:
     import timm
     import torch
 
-    dev = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()})"
-    )
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     return pd.DataFrame(
         [
             {
@@ -200,154 +222,280 @@ def _environment(cfg: StudyConfig) -> pd.DataFrame:
     )
 
 
-def build_report(cfg: StudyConfig) -> Path:
-    out_dir = cfg.study_dir / "report"
-    df = trials_frame(cfg)
-    figs = figures(df, out_dir / "figures")
-    df.to_csv(out_dir / "trials.csv", index=False)
-    sections = []
-    test_csv = cfg.study_dir / "test.csv"
-    if test_csv.is_file():
-        test = pd.read_csv(test_csv)
-        cols = (
-            ["config", "val_recall@1"]
-            + [f"test_{m}" for m in METRICS if f"test_{m}" in test]
-            + [
-                c
-                for c in (
-                    "mining",
-                    "distance",
-                    "margin",
-                    "batch_p",
-                    "batch_k",
-                    "lr",
-                    "embedding_dim",
-                    "epochs",
-                )
-                if c in test
-            ]
+# --- page ------------------------------------------------------------------------------------------
+
+
+class Page:
+    """Collects figures and tables; writes PNGs and CSVs beside the HTML."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+        self.parts: list[str] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def p(self, raw_html: str) -> None:
+        self.parts.append(f"<p>{raw_html}</p>")
+
+    def figure(self, key: str, title: str, caption: str, fig: F.Figure | None, missing: str = "") -> None:
+        if fig is None:
+            self.p(f"<i>{html.escape(title)}: not drawn ({html.escape(missing or 'no data')}).</i>")
+            return
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+        fig.savefig(self.out_dir / "figures" / f"{key}.png", dpi=200, bbox_inches="tight")
+        F.plt.close(fig)
+        b64 = base64.b64encode(buf.getvalue()).decode()
+        self.parts.append(
+            f'<figure id="fig-{key}"><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}"
+            f' <a href="figures/{key}.png">PNG</a></figcaption></figure>'
         )
-        sections.append(
-            (
-                "Best configs on the test classes",
-                "Top validation configs re-trained on all train classes, evaluated once on the test "
-                "classes; the first row is the pretrained backbone without triplet training.",
-                _table(test[cols], "test"),
-            )
+
+    def table(self, key: str, df: pd.DataFrame, caption: str = "") -> None:
+        df.to_csv(self.out_dir / "tables" / f"{key}.csv", index=False)
+        body = df.to_html(index=False, float_format=_number, classes=f"dataframe {key}", border=0, na_rep="–")
+        body = body.replace("<table ", f'<table id="table-{key}" data-rows="{len(df)}" ', 1)
+        link = f' <a href="tables/{key}.csv">CSV</a>'
+        self.parts.append(f"<p class='caption'>{caption}{link}</p><div class='scroll'>{body}</div>")
+
+    def html(self, title: str) -> str:
+        body = "\n".join(self.parts)
+        return (
+            f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{html.escape(title)}'
+            f"</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
         )
-    else:
-        sections.append(
-            ("Best configs on the test classes", "No test.csv yet: run <code>harness evaluate</code>.", "")
+
+
+def _number(v: float) -> str:
+    """Integers as such, 4 decimals for metrics, thousands for throughput, scientific for small values."""
+    if float(v).is_integer() and abs(v) >= 1:
+        return f"{v:,.0f}"
+    if v != 0 and abs(v) < 0.01:
+        return f"{v:.2e}"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _headline(d: StudyData) -> str:
+    """The sentence a reader wants: the best config's test R@1 with its interval, against the baseline."""
+    test, comp = d.test, d.comparisons
+    if test is None or comp is None:
+        return "No final evaluation yet: run <code>harness evaluate</code>."
+    best = test[test["kind"] == "top"].iloc[0]
+    base = test[test["kind"] == "baseline"].iloc[0]
+    c = comp[(comp["versus"] == base["config"]) & (comp["metric"] == "recall@1")].iloc[0]
+    n = int(best["n_seeds"])
+    ci = _with_ci(best, "recall@1")
+    verdict = (
+        "above the baseline: the 95 % interval of the difference excludes zero"
+        if c["low"] > 0
+        else "below the baseline"
+        if c["high"] < 0
+        else "not distinguishable from the baseline at 95 %"
+    )
+    return (
+        f"Best config <b>{html.escape(str(best['config']))}</b> "
+        f"({html.escape(str(best.get('mining', '')))}, "
+        f"{html.escape(str(best.get('distance', '')))}, "
+        f"margin {best.get('margin', float('nan')):.3g}): test "
+        f"Recall@1 <b>{ci}</b> (mean and 95 % interval, {best['interval']}, "
+        f"{n} seed{'s' if n != 1 else ''}) vs "
+        f"the no-training baseline <b>{base['test_recall@1']:.4f}</b>; difference {c['difference']:+.4f} "
+        f"[{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p_value']:.3g} ({c['method']}): <b>{verdict}</b>."
+    )
+
+
+def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
+    cfg = d.cfg
+    if multi:
+        page.h(2, f"Study {cfg.name}")
+    page.p(
+        f"{html.escape(cfg.description or '')}<br>Dataset <b>{html.escape(cfg.dataset)}</b>, backbone "
+        f"<b>{html.escape(cfg.backbone)}</b> ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px, "
+        f"{cfg.epochs} epochs per trial. Hyperparameters were chosen on validation classes carved out of "
+        "the training classes; the test classes were used only for the final evaluation."
+    )
+    page.p(_headline(d))
+    df, curves = d.trials, d.curves
+    done = df[df["state"] == "COMPLETE"]
+    scored = df[df["value"].notna()]
+    if d.test is not None:
+        page.table(
+            f"{prefix}test",
+            test_table(d.test),
+            "Final configs re-trained on all train classes and scored on the test classes: the top "
+            "validation configs and the fixed references (default recipe at the reference margin, one "
+            "per mining strategy). Mean [95 % interval]; baseline: the pretrained backbone alone.",
+        )
+        page.figure(
+            f"{prefix}test_r1_ci",
+            "Test Recall@1 with 95 % intervals",
+            "Final configs; grey dotted line: the no-training baseline.",
+            F.test_with_ci(d.test),
+        )
+    if d.comparisons is not None:
+        page.table(
+            f"{prefix}comparisons",
+            comparisons_table(d.comparisons),
+            "The best config minus each reference and minus the baseline.",
+        )
+    page.h(3 if multi else 2, "Search")
+    page.figure(
+        f"{prefix}r1_by_mining_distance",
+        "Validation R@1 by mining × distance",
+        "Complete trials; one point per trial.",
+        F.r1_by_mining_distance(done),
+    )
+    page.figure(
+        f"{prefix}r1_vs_margin", "Validation R@1 vs margin", "One panel per distance.", F.r1_vs_margin(done)
+    )
+    page.figure(
+        f"{prefix}r1_vs_batch",
+        "Validation R@1 vs batch P×K",
+        "P classes × K images per batch.",
+        F.r1_vs_batch(done),
+    )
+    page.figure(
+        f"{prefix}throughput",
+        "Train throughput by mining and batch",
+        "Mean ± s.d. over trials (complete and pruned) of each trial's mean images/s.",
+        F.throughput(scored),
+    )
+    page.figure(
+        f"{prefix}history",
+        "Optimisation history",
+        "Pruned trials marked ×; line: best complete trial so far.",
+        F.history(scored, done),
+    )
+    fig, why = F.importances(d.study)
+    page.figure(
+        f"{prefix}importances",
+        "Parameter importances (fANOVA)",
+        "Optuna's fANOVA over complete trials, validation R@1 as the target.",
+        fig,
+        why,
+    )
+    page.figure(
+        f"{prefix}pareto",
+        "Pareto front: validation R@1 vs train throughput",
+        "Complete trials; dashed: trials no other trial beats on both.",
+        F.pareto(done),
+    )
+    page.figure(
+        f"{prefix}compute_curves",
+        "Validation R@1 vs images processed",
+        "Offline vs online mining at equal compute: thin lines are trials, thick lines the best "
+        "reached by each family at each compute budget.",
+        F.compute_curves(curves),
+    )
+    eq, budget = equal_compute_table(curves)
+    if not eq.empty:
+        page.table(
+            f"{prefix}equal_compute",
+            eq,
+            f"Best validation R@1 within {budget:,.0f} images processed, the largest budget every "
+            "strategy reached (offline: whole-set mining passes included).",
         )
     if "mining" in df:
-        summary = (
-            df.groupby("mining")
-            .agg(
-                trials=("number", "count"),
-                complete=("state", lambda s: int((s == "COMPLETE").sum())),
-                pruned=("state", lambda s: int((s == "PRUNED").sum())),
-                best_val_r1=("value", "max"),
-                median_val_r1=("value", "median"),
+        page.table(f"{prefix}strategies", strategy_table(df), "Validation Recall@1 per mining strategy.")
+    page.table(f"{prefix}trials", trials_table(df), "Every trial; value = best validation R@1.")
+    man = manifest_table(cfg)
+    if man is not None:
+        table, m = man
+        page.table(
+            f"{prefix}manifest",
+            table,
+            f"Split manifest {m['hash']}: class-disjoint; validation classes carved from the train "
+            f"classes with seed {m['seed']}.",
+        )
+
+
+def cross_dataset_frame(data: list[StudyData]) -> pd.DataFrame:
+    rows = []
+    for d in data:
+        if d.test is not None:
+            refs = d.test[d.test["kind"] == "reference"].copy()
+            refs["dataset"] = d.cfg.dataset
+            refs["study"] = d.cfg.name
+            rows.append(refs)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def build_report(cfgs: StudyConfig | list[StudyConfig], out_dir: Path | None = None) -> Path:
+    """Build one page for the given studies; log it to each study's MLflow parent run."""
+    cfgs = [cfgs] if isinstance(cfgs, StudyConfig) else list(cfgs)
+    if not cfgs:
+        raise HarnessError("no study given to report on")
+    data = [load_data(c) for c in cfgs]
+    multi = len(data) > 1
+    if out_dir is None:
+        out_dir = (
+            cfgs[0].study_dir / "report"
+            if not multi
+            else cfgs[0].results / "report" / "+".join(c.name for c in cfgs)
+        )
+    page = Page(out_dir)
+    title = f"Study {cfgs[0].name}" if not multi else "Studies " + ", ".join(c.name for c in cfgs)
+    page.h(1, title)
+    if multi:
+        refs = cross_dataset_frame(data)
+        if not refs.empty and refs["dataset"].nunique() > 1:
+            page.h(2, "Across datasets")
+            page.figure(
+                "cross_dataset",
+                "Reference configs across datasets",
+                "The same fixed recipe (reference margin, default parameters) per mining strategy "
+                "on each dataset; test Recall@1, mean and 95 % interval.",
+                F.cross_dataset(refs),
             )
-            .reset_index()
-            .sort_values("best_val_r1", ascending=False)
-        )
-        sections.append(
-            (
-                "Per-strategy summary",
-                "Validation Recall@1 over this study's trials.",
-                _table(summary, "summary"),
-            )
-        )
-    keep = [
-        c
-        for c in (
-            "number",
-            "state",
-            "value",
-            "mining",
-            "distance",
-            "margin",
-            "batch",
-            "lr",
-            "embedding_dim",
-            "best_epoch",
-            "train_img_per_s",
-        )
-        if c in df
-    ]
-    sections.append(("All trials", "Validation R@1 (value) per trial.", _table(df[keep], "trials")))
-    manifest_path = cfg.study_dir / "split_manifest.json"
-    if manifest_path.is_file():
-        m = json.loads(manifest_path.read_text())
-        split = pd.DataFrame(
-            [
-                {
-                    "split": k,
-                    "classes": m["num_classes"][k],
-                    "images": m["num_images"][k],
-                    "class ids": f"{min(v)}–{max(v)}" if k == "test" else f"{len(v)} ids",
-                }
-                for k, v in m["classes"].items()
+            cols = [
+                "study",
+                "dataset",
+                "config",
+                "n_seeds",
+                "test_recall@1",
+                "test_recall@1_low",
+                "test_recall@1_high",
+                "test_map@r",
             ]
-        )
-        sections.append(
-            (
-                "Split manifest",
-                f"Class-disjoint; hash <code>{m['hash']}</code>; validation classes "
-                f"carved from train classes with seed {m['seed']}.",
-                _table(split, "manifest"),
-            )
-        )
-    sections.append(("Environment", "", _table(_environment(cfg), "env")))
-    page = _page(cfg, figs, sections[:1], sections[1:])
+            page.table("cross_dataset", refs[cols], "Reference configs per dataset.")
+    for d in data:
+        _study_section(page, d, f"{_slug(d.cfg.name)}-" if multi else "", multi)
+    page.h(2, "Environment")
+    page.table("environment", environment())
     out = out_dir / "index.html"
-    out.write_text(page)
-    try:
-        tracker = tracker_for(cfg)
-        parent = tracker.parent_run(cfg.name, study_uid(load_study(cfg)), cfg.to_dict())
-        tracker.log_file(parent, out, "report")
-        tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
-    except Exception as e:  # the page is the product; MLflow is a copy of it
-        print(f"warning: report not logged to MLflow: {e}")
+    out.write_text(page.html(title + " — triplet-loss study report"))
+    for d in data:
+        _log_to_mlflow(d, out)
     return out
 
 
+def _log_to_mlflow(d: StudyData, page: Path) -> None:
+    try:
+        tracker = tracker_for(d.cfg)
+        parent = tracker.parent_run(d.cfg.name, study_uid(d.study), d.cfg.to_dict())
+        tracker.log_file(parent, page, "report")
+        tracker.client.log_artifacts(parent, str(page.parent / "tables"), "report/tables")
+        tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
+    except Exception as e:  # the page is the product; MLflow holds a copy of it
+        print(f"warning: report not logged to MLflow for {d.cfg.name}: {e}")
+
+
 CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222 }
-table { border-collapse: collapse; font-size: 13px; margin: .5em 0 1.5em }
-td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right }
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222 }
+table { border-collapse: collapse; font-size: 12px; margin: .3em 0 1.5em }
+td, th { padding: 3px 7px; border-bottom: 1px solid #ddd; text-align: right }
 figure { display: inline-block; margin: 0 1em 1.5em 0; vertical-align: top; max-width: 100% }
-img { max-width: 520px; width: 100% }
-figcaption { font-size: 12px; max-width: 520px }
+img { max-width: 540px; width: 100% }
+figcaption { font-size: 12px; max-width: 540px }
+p.caption { font-size: 13px; margin-bottom: 0 }
 code { background: #f3f3f3; padding: 0 3px }
-"""
-
-Section = tuple[str, str, str]  # title, caption (HTML), body (HTML)
-
-
-def _sections(sections: list[Section]) -> str:
-    return "\n".join(f"<h2>{html.escape(t)}</h2><p>{c}</p>{body}" for t, c, body in sections)
-
-
-def _page(cfg: StudyConfig, figs: list[tuple[str, str, str]], top: list[Section], rest: list[Section]) -> str:
-    fig_html = "\n".join(
-        f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
-        f"<figcaption><b>{html.escape(t)}.</b> {html.escape(c)}</figcaption></figure>"
-        for t, c, b in figs
-    )
-    e = html.escape
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{e(cfg.name)} — triplet-loss study report</title><style>{CSS}</style></head><body>
-<h1>Study <code>{e(cfg.name)}</code></h1>
-<p>{e(cfg.description or "")}<br>Dataset <b>{e(cfg.dataset)}</b>, backbone <b>{e(cfg.backbone)}</b>
-({e(cfg.trunk)} trunk), {cfg.image_size}px, {cfg.epochs} epochs per trial. Hyperparameters were
-chosen on validation classes carved out of the training classes; the test classes were used only for
-the final table.</p>
-{_sections(top)}
-<h2>Figures</h2>
-{fig_html}
-{_sections(rest)}
-</body></html>
+div.scroll { overflow-x: auto }
 """

@@ -44,7 +44,16 @@ DEFAULTS: dict[str, Any] = {
     "fault_tolerance": {"heartbeat_interval": 60, "grace_period": 180, "max_retry": 3, "checkpoints": True},
     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 8},
     "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
-    "evaluate": {"top_n": 3, "seed": 0},
+    # final evaluation: top_n configs + references (reference_margin x each mining), each with `seeds`
+    # seeds from `seed`; 95 % intervals (bootstrap resamples when there is one seed)
+    "evaluate": {
+        "top_n": 3,
+        "seed": 0,
+        "seeds": 3,
+        "references": True,
+        "reference_margin": 0.2,
+        "bootstrap": 2000,
+    },
     "search_space": {},
 }
 

@@ -99,7 +99,7 @@ def prepare(
     features = None
     if cfg.trunk == "frozen":
         path = feature_cache_path(
-            cfg.cache_dir, cfg.dataset, images.fingerprint(), info, cfg.image_size, cfg.cache_px
+            cfg.cache_dir, cfg.dataset, images.cache_key(), info, cfg.image_size, cfg.cache_px
         )
         features = trunk_features(trunk, info, images_u8, cfg.image_size, path, device)
     return Prepared(cfg, images, split, images_u8, features, info)

@@ -181,6 +181,8 @@ class Objective:
                 "images_processed": history[-1]["images_processed"],
                 "active_fraction": history[-1]["active_fraction"],
                 "epochs_run": len(history),
+                # validation R@1 against compute spent: offline mining's whole-set passes count
+                "curve": [[h["images_processed"], h["val_recall@1"]] for h in history],
             }
             for k, v in summary.items():
                 trial.set_user_attr(k, v)

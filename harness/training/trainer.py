@@ -64,13 +64,18 @@ def embed_source(
 
 
 def evaluate_source(
-    model: nn.Module, source: Source, distance: str, device: torch.device, nmi: bool = False
+    model: nn.Module,
+    source: Source,
+    distance: str,
+    device: torch.device,
+    nmi: bool = False,
+    per_query: dict | None = None,
 ) -> dict[str, float]:
     t0 = time.perf_counter()
     emb = embed_source(model, source, device)
     sync(device)
     embed_s = time.perf_counter() - t0
-    metrics = retrieval_metrics(emb, source.labels, distance=distance, nmi=nmi)
+    metrics = retrieval_metrics(emb, source.labels, distance=distance, nmi=nmi, per_query=per_query)
     metrics["eval_img_per_s"] = len(source) / max(embed_s, 1e-9)
     metrics["eval_s"] = time.perf_counter() - t0
     return metrics

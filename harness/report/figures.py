@@ -1,0 +1,254 @@
+"""The report's seaborn figures. Each returns a Figure, or None when the data cannot show it."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+Figure = plt.Figure
+
+
+def _legend_outside(ax: plt.Axes) -> None:
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+
+
+def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
+    if done.empty or "mining" not in done:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    order = sorted(done["mining"].unique())
+    hue = "distance" if "distance" in done else None
+    sns.boxplot(done, x="mining", y="value", hue=hue, order=order, ax=ax, fliersize=0)
+    black = {h: "k" for h in done[hue].unique()} if hue else None
+    sns.stripplot(
+        done,
+        x="mining",
+        y="value",
+        hue=hue,
+        order=order,
+        dodge=hue is not None,
+        palette=black,
+        color=None if hue else "k",
+        size=3,
+        legend=False,
+        ax=ax,
+    )
+    ax.set(xlabel="mining strategy", ylabel="validation Recall@1")
+    ax.tick_params(axis="x", rotation=30)
+    _legend_outside(ax)
+    return fig
+
+
+def r1_vs_margin(done: pd.DataFrame) -> Figure | None:
+    if done.empty or "margin" not in done:
+        return None
+    distances = sorted(done["distance"].unique()) if "distance" in done else [None]
+    fig, axes = plt.subplots(
+        1, len(distances), figsize=(3.6 * len(distances) + 1.5, 3.6), sharey=True, squeeze=False
+    )
+    for ax, dist in zip(axes[0], distances, strict=True):
+        part = done if dist is None else done[done["distance"] == dist]
+        sns.scatterplot(
+            part,
+            x="margin",
+            y="value",
+            hue="mining" if "mining" in part else None,
+            hue_order=sorted(done["mining"].unique()) if "mining" in done else None,
+            ax=ax,
+            legend=ax is axes[0][-1],
+        )
+        ax.set(xlabel="margin", ylabel="validation Recall@1", title=str(dist or ""))
+    _legend_outside(axes[0][-1])
+    return fig
+
+
+def r1_vs_batch(done: pd.DataFrame) -> Figure | None:
+    if done.empty or "batch" not in done:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    order = done.sort_values("batch_size")["batch"].unique()
+    sns.stripplot(done, x="batch", y="value", order=order, hue="mining" if "mining" in done else None, ax=ax)
+    ax.set(xlabel="batch P×K", ylabel="validation Recall@1")
+    _legend_outside(ax)
+    return fig
+
+
+def throughput(scored: pd.DataFrame) -> Figure | None:
+    if scored.empty or "train_img_per_s" not in scored or "mining" not in scored:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    hue = "batch" if "batch" in scored else None
+    hue_order = scored.sort_values("batch_size")["batch"].unique() if hue else None
+    sns.barplot(
+        scored,
+        x="mining",
+        y="train_img_per_s",
+        hue=hue,
+        hue_order=hue_order,
+        order=sorted(scored["mining"].unique()),
+        errorbar="sd",
+        ax=ax,
+    )
+    ax.set(xlabel="mining strategy", ylabel="train images / s (mean over epochs)")
+    ax.tick_params(axis="x", rotation=30)
+    _legend_outside(ax)
+    return fig
+
+
+def history(scored: pd.DataFrame, done: pd.DataFrame) -> Figure | None:
+    if scored.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    marks = {"COMPLETE": "o", "PRUNED": "X", "FAIL": "s"}
+    sns.scatterplot(scored, x="number", y="value", hue="state", style="state", markers=marks, ax=ax)
+    best = done.sort_values("number").set_index("number")["value"].cummax()
+    if not best.empty:
+        ax.step(best.index, best.values, where="post", color="k", lw=1, label="best so far")
+    ax.set(xlabel="trial", ylabel="validation Recall@1 (pruned: last reported)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def importances(study: optuna.Study) -> tuple[Figure | None, str]:
+    """fANOVA importances of the searched parameters; (None, why) when they cannot be estimated."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 3:
+        return None, f"{len(done)} complete trials; fANOVA needs at least 3"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
+    except (RuntimeError, ValueError) as e:
+        return None, f"fANOVA could not run: {e}"
+    if not imp:
+        return None, "no parameter varies across the complete trials"
+    s = pd.Series(imp).sort_values()
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(s) + 1))
+    ax.barh(s.index, s.values, color=sns.color_palette()[0])
+    ax.set(xlabel="fANOVA importance (share of validation R@1 variance)", xlim=(0, max(1.0, s.max())))
+    return fig, ""
+
+
+def pareto_mask(speed: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Non-dominated points when both are maximised (ties kept)."""
+    keep = np.ones(len(speed), dtype=bool)
+    for i in range(len(speed)):
+        dominated = (
+            (speed >= speed[i]) & (quality >= quality[i]) & ((speed > speed[i]) | (quality > quality[i]))
+        )
+        keep[i] = not dominated.any()
+    return keep
+
+
+def pareto(done: pd.DataFrame) -> Figure | None:
+    if done.empty or "train_img_per_s" not in done:
+        return None
+    d = done.dropna(subset=["train_img_per_s", "value"]).copy()
+    if d.empty:
+        return None
+    d["pareto"] = pareto_mask(d["train_img_per_s"].to_numpy(), d["value"].to_numpy())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.scatterplot(
+        d, x="train_img_per_s", y="value", hue="mining" if "mining" in d else None, ax=ax, alpha=0.7
+    )
+    front = d[d["pareto"]].sort_values("train_img_per_s")
+    ax.plot(
+        front["train_img_per_s"],
+        front["value"],
+        "k--",
+        lw=1,
+        marker="o",
+        mfc="none",
+        ms=9,
+        label="Pareto front",
+    )
+    for _, r in front.iterrows():
+        ax.annotate(
+            f"#{int(r['number'])}",
+            (r["train_img_per_s"], r["value"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set(xlabel="train images / s", ylabel="validation Recall@1")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig
+
+
+def compute_curves(curves: pd.DataFrame) -> Figure | None:
+    """Validation R@1 vs images processed, one thin line per trial, and each family's upper envelope."""
+    if curves.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    palette = {"online": sns.color_palette()[0], "offline": sns.color_palette()[3]}
+    for (_, family), part in curves.groupby(["number", "family"]):
+        ax.plot(part["images_processed"], part["val_recall@1"], color=palette[family], alpha=0.25, lw=0.8)
+    for family, part in curves.groupby("family"):
+        env = part.sort_values("images_processed")
+        ax.step(
+            env["images_processed"],
+            env["val_recall@1"].cummax(),
+            where="post",
+            color=palette[family],
+            lw=2,
+            label=f"{family}: best so far at this compute",
+        )
+    ax.set(xlabel="images processed (offline: incl. whole-set mining passes)", ylabel="validation Recall@1")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def test_with_ci(test: pd.DataFrame) -> Figure | None:
+    if test.empty or "test_recall@1" not in test:
+        return None
+    t = test.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.38 * len(t) + 1.2))
+    colours = {"baseline": "grey", "top": sns.color_palette()[0], "reference": sns.color_palette()[1]}
+    for y, (_, r) in enumerate(t.iterrows()):
+        lo, hi = r["test_recall@1_low"], r["test_recall@1_high"]
+        err = None if math.isnan(lo) else [[r["test_recall@1"] - lo], [hi - r["test_recall@1"]]]
+        ax.errorbar(r["test_recall@1"], y, xerr=err, fmt="o", color=colours.get(r["kind"], "k"), capsize=3)
+    base = test[test["kind"] == "baseline"]
+    if not base.empty:
+        ax.axvline(base["test_recall@1"].iloc[0], color="grey", ls=":", lw=1)
+    ax.set_yticks(
+        range(len(t)),
+        [f"{c} (n={int(n)})" for c, n in zip(t["config"], t["n_seeds"], strict=True)],
+        fontsize=7,
+    )
+    ax.set(xlabel="test Recall@1 (mean, 95 % interval)")
+    return fig
+
+
+def cross_dataset(refs: pd.DataFrame) -> Figure | None:
+    """Reference configs (same recipe on every dataset) by mining x dataset, with 95 % intervals."""
+    if refs.empty or refs["dataset"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    minings = sorted(refs["mining"].unique())
+    datasets = sorted(refs["dataset"].unique())
+    width = 0.8 / len(datasets)
+    for i, ds in enumerate(datasets):
+        part = refs[refs["dataset"] == ds].set_index("mining").reindex(minings)
+        x = np.arange(len(minings)) + (i - (len(datasets) - 1) / 2) * width
+        mean = part["test_recall@1"].to_numpy()
+        err = np.vstack(
+            [mean - part["test_recall@1_low"].to_numpy(), part["test_recall@1_high"].to_numpy() - mean]
+        )
+        ax.bar(x, mean, width, label=ds, yerr=np.nan_to_num(err), capsize=2)
+    ax.set_xticks(range(len(minings)), minings, rotation=30)
+    ax.set(xlabel="mining strategy (reference margin, default recipe)", ylabel="test Recall@1")
+    ax.legend(title="dataset", fontsize=7)
+    return fig
