@@ -96,6 +96,7 @@ def make_cars(
     size: tuple[int, int] = (40, 32),
     seed: int = 0,
     test_annos_in_devkit: bool = False,
+    noise: float = 12.0,
 ) -> Path:
     """Write Stanford Cars under ``root`` in the official ``"annos"`` or ``"devkit"`` layout; return root.
 
@@ -119,7 +120,7 @@ def make_cars(
         for c in range(1, n_classes + 1):
             for k in range(per_class):
                 rel = f"car_ims/{len(rows) + 1:06d}.jpg"
-                _write_jpeg(root / rel, palette[c - 1], size, rng)
+                _write_jpeg(root / rel, palette[c - 1], size, rng, noise)
                 rows.append((rel, *box, np.uint16(c), np.uint8(k % 2)))
         annotations = _struct_array(("relative_im_path", *_BOX_FIELDS, "class", "test"), rows)
         scipy.io.savemat(root / "cars_annos.mat", {"annotations": annotations, "class_names": _cell(names)})
@@ -133,7 +134,7 @@ def make_cars(
         for k in range(per_class):
             rows, folder = (test, "cars_test") if k % 2 else (train, "cars_train")
             fname = f"{len(rows) + 1:05d}.jpg"
-            _write_jpeg(root / folder / fname, palette[c - 1], size, rng)
+            _write_jpeg(root / folder / fname, palette[c - 1], size, rng, noise)
             rows.append((*box, np.uint16(c), fname))
     fields = (*_BOX_FIELDS, "class", "fname")
     scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": _cell(names)})

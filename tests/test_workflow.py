@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -78,4 +79,15 @@ def test_real_run_of_the_test_study(tmp_path: Path) -> None:
         "--cores", "2", "--directory", str(tmp_path), "--configfile", "study.yaml", cwd=tmp_path
     )
     assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # Snakemake's own report: the study report (with its caption) plus the run's provenance
+    rep = snakemake(
+        "--directory", str(tmp_path), "--configfile", "study.yaml", "--report", "smk-report.zip", cwd=tmp_path
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "smk-report.zip") as z:
+        names = z.namelist()
+        (page,) = [n for n in names if n.endswith("/index.html")]
+        assert "<h1>Study tiny</h1>" in z.read(page).decode()
+        assert "Study reports" in z.read("smk-report/report.html").decode()  # the rule's report category
     assert "Nothing to be done" in again.stdout + again.stderr

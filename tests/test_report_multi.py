@@ -1,0 +1,55 @@
+"""One report page for two studies with the same search space: CUB and Cars (generated data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fixtures import make_cars, make_cub
+from mlflow.tracking import MlflowClient
+from test_pipeline import tiny_config
+
+from harness.cli import main
+from harness.study import parse_config
+from harness.study.config import write_config
+
+
+@pytest.fixture(scope="module")
+def two_studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    tmp = tmp_path_factory.mktemp("multi")
+    results = tmp / "results"
+    roots = {
+        "cub": make_cub(tmp / "cub", per_class=4, noise=60.0),
+        "cars": make_cars(tmp / "cars", per_class=4, noise=60.0),
+    }
+    paths = []
+    for dataset, root in roots.items():
+        raw = tiny_config(root, results, n_trials=3) | {"name": f"multi-{dataset}", "dataset": dataset}
+        raw["evaluate"] = {"top_n": 1, "seeds": 2}
+        path = tmp / f"{dataset}.yaml"
+        write_config(parse_config(raw), path)
+        for argv in (["study", "run"], ["evaluate"]):
+            assert main([*argv, "--config", str(path)]) == 0
+        paths.append(path)
+    return results, paths
+
+
+def test_one_page_for_two_datasets(two_studies: tuple[Path, list[Path]]) -> None:
+    results, paths = two_studies
+    assert main(["report", *map(str, paths)]) == 0
+    out = results / "report" / "multi-cub+multi-cars"
+    page = (out / "index.html").read_text()
+    assert "<h2>Across datasets</h2>" in page and 'id="fig-cross_dataset"' in page
+    assert "<h2>Study multi-cub</h2>" in page and "<h2>Study multi-cars</h2>" in page
+    assert 'id="fig-multi-cub-test_r1_ci"' in page and 'id="fig-multi-cars-test_r1_ci"' in page
+    cross = pd.read_csv(out / "tables" / "cross_dataset.csv")
+    assert sorted(cross["dataset"].unique()) == ["cars", "cub"]
+    assert len(cross) == 2 * 3  # the 3 reference strategies on each dataset
+    # the page is an artifact of each study's MLflow parent run
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    for name in ("multi-cub", "multi-cars"):
+        exp = client.get_experiment_by_name(name)
+        (parent,) = client.search_runs([exp.experiment_id], "tags.`harness.kind` = 'study'")
+        assert [a.path for a in client.list_artifacts(parent.info.run_id, "report")][0].startswith("report/")
+        assert "report/index.html" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
