@@ -111,6 +111,7 @@ WITH_CI = ("recall@1", "map@r", "r_precision")
 def test_table(test: pd.DataFrame) -> pd.DataFrame:
     """R@1, MAP@R and R-precision with their intervals; the other metrics as means (all in the CSV)."""
     out = pd.DataFrame({"config": test["config"], "kind": test["kind"], "seeds": test["n_seeds"]})
+    out["interval"] = test["interval"]
     for m in METRICS:
         if f"test_{m}" in test:
             out[m] = [_with_ci(r, m) if m in WITH_CI else _fmt(r[f"test_{m}"]) for _, r in test.iterrows()]
