@@ -21,44 +21,24 @@ import time
 from datetime import date
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from fixtures import make_cub  # noqa: E402
+from faults import fault_config  # noqa: E402
 
 HARNESS = str(Path(sys.executable).parent / "harness")
 SETUPS = [(1, 2), (2, 1), (4, 1)]  # (workers, torch threads each) on a 2-core machine
 
 
 def config(tmp: Path, name: str, workload: str, n_trials: int) -> Path:
-    cfg = {
-        "name": name,
-        "dataset": "cub",
-        "data_root": str(tmp / "data" / "CUB_200_2011"),
-        "strict_counts": False,
-        "results_dir": str(tmp / "results"),
-        "backbone": "test_efficientnet",
-        "pretrained": False,
-        "trunk": workload,
-        "compile": False,
-        "image_size": 32,
-        "epochs": 6 if workload == "finetune" else 4,
-        "budget": {"n_trials": n_trials},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "search_space": {
-            "margin": {"low": 0.1, "high": 0.3},
-            "mining": {"choices": ["semihard", "batch-hard", "offline-hard"]},
-            "distance": {"choices": ["cosine", "euclidean"]},
-            "batch_p": 4,
-            "batch_k": 4,
-            "embedding_dim": 16,
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The fault tests' study (a tiny trunk on generated CUB), with the default heartbeat."""
+    return fault_config(
+        tmp,
+        name,
+        n_trials,
+        trunk=workload,
+        epochs=6 if workload == "finetune" else 4,
+        fault_tolerance={"heartbeat_interval": 60, "grace_period": 180},
+    )
 
 
 def run(cmd: list[str]) -> None:
@@ -113,7 +93,6 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        make_cub(tmp / "data", per_class=4)
         for workload in ("finetune", "frozen"):
             base = None
             for workers, threads in SETUPS:
