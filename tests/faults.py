@@ -133,7 +133,9 @@ def check_invariants(
         assert retry.state in FINISHED or retry.number in failed
         assert retry.params == trials[number].params
         if number in killed:  # killed after >= 1 epoch: the retry resumed, it did not start over
-            assert retry.user_attrs["resumed_from"]["trial"] == number
+            # (from the killed trial, or, when that was itself a retry killed before its first own
+            # checkpoint, from the newest ancestor that has one)
+            assert retry.user_attrs["resumed_from"]["trial"] in retry.system_attrs["retry_history"]
             assert retry.user_attrs["resumed_from"]["epoch"] >= 1
     # MLflow: one run per Optuna trial, retries linked to the run they continue, nothing left RUNNING
     client = MlflowClient(mlflow_uri)

@@ -192,7 +192,12 @@ def test_comparisons_pair_the_best_config_with_each_reference_and_the_baseline(p
     assert len(comp) == (3 + 1) * 2  # 3 references + baseline, for R@1 and MAP@R
     vs_refs = comp[comp["versus"].str.startswith("reference")]
     assert set(vs_refs["method"]) == {"paired t over seeds"}
-    assert set(comp[comp["versus"].str.startswith("baseline")]["method"]) == {"paired bootstrap over queries"}
+    vs_base = comp[comp["versus"].str.startswith("baseline")]
+    assert set(vs_base["method"]) == {"t over seeds (baseline fixed)"}  # retraining variance counts
+    base_r1 = test[test["kind"] == "baseline"]["test_recall@1"].iloc[0]
+    seeds_r1 = pd.read_csv(pipeline.study_dir / "test_runs.csv").query("config == @best")["test_recall@1"]
+    row = vs_base[vs_base["metric"] == "recall@1"].iloc[0]
+    assert row["difference"] == pytest.approx(seeds_r1.mean() - base_r1)
     runs = pd.read_csv(pipeline.study_dir / "test_runs.csv")
     ref = vs_refs.iloc[0]
     a = runs[runs["config"] == best].sort_values("seed")[f"test_{ref['metric']}"].to_numpy()

@@ -53,3 +53,23 @@ def test_one_page_for_two_datasets(two_studies: tuple[Path, list[Path]]) -> None
         (parent,) = client.search_runs([exp.experiment_id], "tags.`harness.kind` = 'study'")
         assert [a.path for a in client.list_artifacts(parent.info.run_id, "report")][0].startswith("report/")
         assert "report/index.html" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+
+
+def test_cross_dataset_figure_with_two_studies_on_one_dataset() -> None:
+    from harness.report import figures
+
+    rows = [
+        {
+            "study": s,
+            "dataset": d,
+            "mining": m,
+            "test_recall@1": 0.3,
+            "test_recall@1_low": 0.25,
+            "test_recall@1_high": 0.35,
+        }
+        for s, d in (("cub-a", "cub"), ("cub-b", "cub"), ("cars-a", "cars"))
+        for m in ("semihard", "random")
+    ]
+    fig = figures.cross_dataset(pd.DataFrame(rows))
+    assert fig is not None
+    assert len(fig.axes[0].patches) == 3 * 2  # one bar per (study, mining)

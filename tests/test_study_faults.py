@@ -4,7 +4,6 @@ studies, reproducibility of a trial from (params, seed)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ from harness.study import parse_config
 from harness.study.data import prepare
 from harness.study.objective import Objective, suggest_params
 from harness.study.runner import create, finished, load_study, run_worker, sweep
-from harness.study.storage import HEARTBEAT_ATTR, OWNER_ATTR, owner_is_dead, process_start
+from harness.study.storage import HEARTBEAT_ATTR, OWNER_ATTR, owner_is_dead, owner_record, process_start
 
 
 @pytest.fixture(scope="module")
@@ -123,17 +122,17 @@ def test_process_start_tells_live_zombie_and_gone_processes_apart() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
         assert process_start(child.pid) not in (None, "?")
-        owner = {
-            "trial_id": 7,
-            "host": socket.gethostname(),
-            "pid": child.pid,
-            "pid_start": process_start(child.pid),
-        }
+        owner = owner_record(0) | {"trial_id": 7, "pid": child.pid, "pid_start": process_start(child.pid)}
         assert not owner_is_dead(owner, 7)
         assert not owner_is_dead(owner, 8)  # a record copied from the trial this one retries
-        assert not owner_is_dead(
-            owner | {"host": "elsewhere"}, 7
-        )  # another host: only the grace period tells
+        # another host, another container with the same hostname (own pid namespace), another boot:
+        # the pid means nothing here, only the grace period tells
+        machine = owner["machine"].split("|")
+        for i, other in ((0, "elsewhere"), (2, "pid:[1]"), (1, "another-boot")):
+            assert not owner_is_dead(
+                owner | {"machine": "|".join(machine[:i] + [other] + machine[i + 1 :])}, 7
+            )
+        assert not owner_is_dead({k: v for k, v in owner.items() if k != "machine"}, 7)  # older record
         assert owner_is_dead(owner | {"pid_start": "1"}, 7)  # pid recycled by another process
         child.kill()
         deadline = time.monotonic() + 10
@@ -179,12 +178,14 @@ def test_journal_heartbeat_grace_period(data_root: Path, tmp_path: Path) -> None
 def test_worker_waits_for_in_flight_trials_instead_of_overshooting(data_root: Path, tmp_path: Path) -> None:
     """n_trials=2 with one trial in flight in another (live) process: the worker runs ONE new trial,
     then waits; when that process dies, its trial is failed, re-queued and run: exactly 2 finished."""
-    cfg = _cfg(data_root, tmp_path / "results", fault_tolerance={"heartbeat_interval": 1, "grace_period": 60})
+    cfg = _cfg(
+        data_root, tmp_path / "results", fault_tolerance={"heartbeat_interval": 1, "grace_period": 3600}
+    )
     prepare(cfg)
     create(cfg)
     study = load_study(cfg)
     other = subprocess.Popen(["sleep", "60"])
-    owner = {"host": socket.gethostname(), "pid": other.pid, "pid_start": process_start(other.pid)}
+    owner = owner_record(0) | {"pid": other.pid, "pid_start": process_start(other.pid)}
     in_flight = _running_trial(study, cfg, owner, beat=time.time())
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(n=run_worker(cfg, 0)))

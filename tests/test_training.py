@@ -297,9 +297,10 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
 
     ckpt = TrialCheckpoint(tmp_path / "trial" / "checkpoint.pt")
     killed = make_model()
-    train(killed, p, make_source(), 2, CPU, seed=7, on_checkpoint=ckpt.save)  # "dies" after epoch 2
+    # "dies" after epoch 1: with refresh_every=2 the offline pool mined in epoch 1 must be restored
+    train(killed, p, make_source(), 1, CPU, seed=7, on_checkpoint=ckpt.save)
     state = ckpt.load()
-    assert state is not None and state["epoch"] == 2
+    assert state is not None and state["epoch"] == 1
 
     resumed = make_model()  # a fresh process: new weights, new RNG state, new source
     torch.manual_seed(123)
@@ -307,7 +308,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
     history = train(
         resumed, p, make_source(), 4, CPU, seed=7, resume=state, on_epoch=lambda e, s: seen.append(e)
     )
-    assert seen == [3, 4]  # only the epochs that were not done yet
+    assert seen == [2, 3, 4]  # only the epochs that were not done yet
     assert [h["loss"] for h in history] == [h["loss"] for h in full]
     assert [h["images_processed"] for h in history] == [h["images_processed"] for h in full]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):

@@ -62,7 +62,7 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
 def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if "curve" in df:
-        for _, t in df.iterrows():
+        for _, t in df[df["state"].isin(["COMPLETE", "PRUNED"])].iterrows():  # not a killed trial's stub
             if isinstance(t["curve"], list):
                 family = "offline" if str(t.get("mining", "")).startswith("offline-") else "online"
                 for images, r1 in t["curve"]:
@@ -150,6 +150,7 @@ def strategy_table(df: pd.DataFrame) -> pd.DataFrame:
             trials=("number", "count"),
             complete=("state", lambda s: int((s == "COMPLETE").sum())),
             pruned=("state", lambda s: int((s == "PRUNED").sum())),
+            failed=("state", lambda s: int((s == "FAIL").sum())),
             best_val_r1=("value", "max"),
             median_val_r1=("value", "median"),
             mean_train_img_per_s=("train_img_per_s", "mean")

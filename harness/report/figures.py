@@ -238,10 +238,11 @@ def cross_dataset(refs: pd.DataFrame) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     minings = sorted(refs["mining"].unique())
-    datasets = sorted(refs["dataset"].unique())
+    refs = refs.assign(series=refs["dataset"] + " (" + refs["study"] + ")")  # two studies may share a dataset
+    datasets = sorted(refs["series"].unique())
     width = 0.8 / len(datasets)
     for i, ds in enumerate(datasets):
-        part = refs[refs["dataset"] == ds].set_index("mining").reindex(minings)
+        part = refs[refs["series"] == ds].drop_duplicates("mining").set_index("mining").reindex(minings)
         x = np.arange(len(minings)) + (i - (len(datasets) - 1) / 2) * width
         mean = part["test_recall@1"].to_numpy()
         err = np.vstack(
@@ -250,5 +251,5 @@ def cross_dataset(refs: pd.DataFrame) -> Figure | None:
         ax.bar(x, mean, width, label=ds, yerr=np.nan_to_num(err), capsize=2)
     ax.set_xticks(range(len(minings)), minings, rotation=30)
     ax.set(xlabel="mining strategy (reference margin, default recipe)", ylabel="test Recall@1")
-    ax.legend(title="dataset", fontsize=7)
+    ax.legend(title="dataset (study)", fontsize=7)
     return fig

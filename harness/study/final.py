@@ -11,8 +11,8 @@ Writes under results/{study}/:
 - ``test.csv``: one row per config: mean and 95 % interval of each metric (t over seeds; with one
   seed, a bootstrap over test queries), the no-training baseline first;
 - ``comparisons.csv``: the best config minus each reference and minus the baseline, with a 95 %
-  interval and p-value (paired t over seeds; paired bootstrap over queries for one seed or the
-  baseline);
+  interval and p-value: paired t over seeds (against the one deterministic baseline run, a
+  one-sample t over the seeds' differences); with one seed, a paired bootstrap over test queries;
 - ``test_queries.npz``: per-query R@1 and AP@R of every run, for re-analysis.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,11 @@ def _compare(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConf
     for m in COMPARED:
         a = [r[f"test_{m}"] for r in by_seed[best]]
         b = [r[f"test_{m}"] for r in by_seed[other]]
-        if len(a) >= 2 and len(a) == len(b):
+        if len(a) >= 2 and len(b) == 1:  # the baseline is one deterministic run: seeds vary a only
+            c = replace(paired_t(a, b * len(a)), method="t over seeds (baseline fixed)")
+        elif len(a) >= 2 and len(a) == len(b):
             c = paired_t(a, b)
-        else:  # one seed, or the baseline (one deterministic run): pair the queries instead
+        else:  # one seed: pair the test queries instead
             qa = np.mean([q[m] for q in queries[best]], axis=0)
             qb = np.mean([q[m] for q in queries[other]], axis=0)
             c = paired_bootstrap(qa, qb, n_boot=n_boot, seed=0)

@@ -88,10 +88,14 @@ class Objective:
         trial.set_user_attr("seed", seed)
         ckpt_on = bool(self.cfg.fault_tolerance["checkpoints"])
         checkpoint = TrialCheckpoint(self.trial_dir(trial.number) / "checkpoint.pt")
-        source = (
-            TrialCheckpoint(self.trial_dir(retry_history[-1]) / "checkpoint.pt") if retry_history else None
-        )
-        resume = source.load() if source is not None and ckpt_on else None
+        # newest first: a retry that died before its first epoch left no checkpoint of its own
+        ancestors = [TrialCheckpoint(self.trial_dir(n) / "checkpoint.pt") for n in reversed(retry_history)]
+        resume, source_trial = None, None
+        for number, ckpt in zip(reversed(retry_history), ancestors, strict=True):
+            resume = ckpt.load() if ckpt_on else None
+            if resume is not None:
+                source_trial = number
+                break
         run = None
         if self.tracker is not None and self.parent_run is not None:
             link = {}
@@ -124,10 +128,12 @@ class Objective:
 
         if resume is not None:
             done = int(resume["epoch"])
-            log.info("trial %d resumes trial %d after epoch %d", trial.number, retry_history[-1], done)
-            trial.set_user_attr("resumed_from", {"trial": retry_history[-1], "epoch": done})
-            self._event(trial.number, "resume", from_trial=retry_history[-1], after_epoch=done)
+            log.info("trial %d resumes trial %d after epoch %d", trial.number, source_trial, done)
+            trial.set_user_attr("resumed_from", {"trial": source_trial, "epoch": done})
+            self._event(trial.number, "resume", from_trial=source_trial, after_epoch=done)
         else:
+            if stored and "resumed_from" in trial.user_attrs:  # inherited from the trial it retries
+                trial.set_user_attr("resumed_from", None)
             self._event(trial.number, "start", retry_of=retry_history[-1] if retry_history else None)
 
         state = "FAIL"
@@ -165,8 +171,8 @@ class Objective:
         finally:
             if state != "FAIL":  # finished for good: its checkpoints are no longer needed
                 checkpoint.remove()
-                if source is not None:
-                    source.remove()
+                for ckpt in ancestors:
+                    ckpt.remove()
             self._event(trial.number, "end", state="FAIL" if state == "DIVERGED" else state)
             self._summarise(trial, history, best, run, "FAIL" if state == "DIVERGED" else state)
         return best["value"]

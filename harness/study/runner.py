@@ -1,15 +1,17 @@
 """Create a study once, then run workers that share its storage until the budget is met.
 
-Budget: a worker starts a new trial only while finished + running trials < ``n_trials`` (it
-waits, sweeping for dead workers, when the rest is in flight), so parallel workers do not
-overshoot. Trials of dead workers are failed by the heartbeat sweep and re-queued; re-queued
-(WAITING) trials run first and resume from their checkpoint.
+Budget: under a study-wide lock (a lock file beside the journal; a PostgreSQL advisory lock), a
+worker sweeps for dead workers, counts, and takes a trial only while finished + running trials <
+``n_trials``; it waits when the rest is in flight. So parallel workers do not overshoot. Trials
+of dead workers are failed by the sweep and re-queued; re-queued (WAITING) trials run first and
+resume from their checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import tempfile
 import threading
@@ -21,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, HarnessError
 from harness.study.config import StudyConfig
 from harness.study.data import prepare, resolve_device
 from harness.study.objective import Objective
-from harness.study.storage import open_storage
+from harness.study.storage import BudgetLock, budget_lock, open_storage
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -209,20 +213,36 @@ def sweep(study: optuna.Study) -> None:
 
 
 class Interrupted(HarnessError):
-    """The worker got SIGTERM/SIGINT (SLURM time limit, scancel, Ctrl-C)."""
+    """The worker got SIGTERM (SLURM time limit, scancel)."""
 
 
-def _stop_on_sigterm() -> Any:
-    """SLURM's time limit and scancel send SIGTERM: end the running trial as FAIL, not RUNNING forever.
+class _Signals:
+    """SIGTERM raises KeyboardInterrupt only where that is safe (inside a trial, or while the worker
+    waits); elsewhere (a sweep re-queuing another worker's trial, our own re-queue) it is held until
+    that step is done, so no trial is ever left FAIL without its retry."""
 
-    Returns the previous handler (None when not on the main thread, where signals cannot be caught)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    def __init__(self) -> None:
+        self.interruptible = False
+        self.pending: int | None = None
+        self.previous: Any = None
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # Optuna records FAIL on KeyboardInterrupt, re-raises
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
 
-    return signal.signal(signal.SIGTERM, handler)
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.pending = signum
+        if self.interruptible:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise KeyboardInterrupt(f"signal {self.pending}")
 
 
 def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
@@ -239,47 +259,63 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     tracker = tracker_for(cfg)
     parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     objective = Objective(cfg, prep, device, tracker, parent)
-    before = time.perf_counter()
-    previous = _stop_on_sigterm()
-    try:
-        return _loop(cfg, study, objective, worker, n_trials, before)
-    except KeyboardInterrupt as e:
-        requeued = _requeue_interrupted(study, objective, cfg)
-        raise Interrupted(
-            f"worker {worker} stopped by {e or 'an interrupt'}"
-            + (
-                f"; trial {requeued} is re-queued and resumes from its checkpoint"
-                if requeued is not None
-                else ""
-            )
-        ) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with _Signals() as signals, budget_lock(cfg.storage_url, cfg.name) as lock:
+        try:
+            return _loop(cfg, study, objective, worker, n_trials, lock, signals)
+        except KeyboardInterrupt as e:
+            signals.interruptible = False
+            requeued = _requeue_interrupted(study, objective, cfg)
+            raise Interrupted(
+                f"worker {worker} stopped by {e or 'an interrupt'}"
+                + (
+                    f"; trial {requeued} is re-queued and resumes from its checkpoint"
+                    if requeued is not None
+                    else ""
+                )
+            ) from None
 
 
 def _loop(
-    cfg: StudyConfig, study: optuna.Study, objective: Objective, worker: int, n_trials: int, before: float
+    cfg: StudyConfig,
+    study: optuna.Study,
+    objective: Objective,
+    worker: int,
+    n_trials: int,
+    lock: BudgetLock,
+    signals: _Signals,
 ) -> int:
+    """Under the study's budget lock: sweep, count, and take a trial (a re-queued one first); then run
+    it outside the lock. Counting and taking together is what keeps N workers from overshooting."""
+    before = time.perf_counter()
     timeout = cfg.budget.get("timeout")
     ran = 0
     max_failures = max(3, min(n_trials, 50))
     poll = min(5.0, float(cfg.fault_tolerance["heartbeat_interval"]))
     waited = False
     while timeout is None or time.perf_counter() - before < timeout:
-        sweep(study)
-        c = counts(study)
-        done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-        if done >= n_trials:
-            break
-        if not c[TrialState.WAITING] and done + c[TrialState.RUNNING] >= n_trials:
+        signals.check()
+        with lock:
+            sweep(study)
+            c = counts(study)
+            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+            if done >= n_trials and not c[TrialState.WAITING]:
+                break
+            trial = None
+            if c[TrialState.WAITING] or done + c[TrialState.RUNNING] < n_trials:
+                with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we
+                    warnings.simplefilter("ignore")  # run the same heartbeat thread ourselves below
+                    trial = study.ask()  # pops a WAITING (re-queued) trial first
+        signals.check()
+        if trial is None:
             if not waited:
                 log.info("worker %d: the rest of the budget is in flight; waiting for it", worker)
                 waited = True
-            time.sleep(poll)  # a dead worker's trial comes back as WAITING after the sweep
+            signals.interruptible = True
+            time.sleep(poll)  # a dead worker's trial comes back as WAITING after a sweep
+            signals.interruptible = False
             continue
         waited = False
-        study.optimize(objective, n_trials=1, gc_after_trial=False)
+        _run_trial(study, trial, objective, signals)
         ran += 1
         fails = diverged(study)
         if len(fails) >= max_failures:  # a config that always fails must not loop forever
@@ -291,8 +327,59 @@ def _loop(
     return ran
 
 
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, signals: _Signals) -> None:
+    """Run one asked trial with Optuna's heartbeat thread and tell its outcome, as ``optimize`` would."""
+    state, value, note = TrialState.COMPLETE, None, ""
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            signals.interruptible = True
+            value = objective(trial)
+            signals.interruptible = False
+        except optuna.TrialPruned as e:
+            signals.interruptible = False
+            state, note = TrialState.PRUNED, str(e)
+        except UpdateFinishedTrialError:
+            signals.interruptible = False
+            log.warning(
+                "trial %d was failed as stale by another worker while it ran (a heartbeat older than"
+                " grace_period: raise fault_tolerance.grace_period); its retry runs it again",
+                trial.number,
+            )
+            return
+        except BaseException:
+            signals.interruptible = False
+            _tell(study, trial, TrialState.FAIL, None)
+            raise
+    if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+        state = TrialState.FAIL  # a diverged trial (the objective returned NaN)
+    told = _tell(study, trial, state, value if state == TrialState.COMPLETE else None)
+    if not told:
+        return
+    if state == TrialState.COMPLETE:
+        log.info("Trial %d finished with value: %s and parameters: %s.", trial.number, value, trial.params)
+    elif state == TrialState.PRUNED:
+        log.info("Trial %d pruned. %s", trial.number, note)
+    else:
+        log.warning("Trial %d failed: %s", trial.number, objective_reason(study, trial.number))
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None) -> bool:
+    try:
+        study.tell(trial, value, state=state)
+    except (UpdateFinishedTrialError, ValueError, RuntimeError) as e:
+        log.warning(
+            "trial %d: could not record %s (%s); another worker took it over", trial.number, state.name, e
+        )
+        return False
+    return True
+
+
+def objective_reason(study: optuna.Study, number: int) -> str:
+    return str(study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason", "see above"))
+
+
 def _requeue_interrupted(study: optuna.Study, objective: Objective, cfg: StudyConfig) -> int | None:
-    """The trial a signal interrupted (Optuna has marked it FAIL): queue its retry. Its number, or None."""
+    """The trial a signal interrupted (marked FAIL): queue its retry. Its number, or None."""
     number = objective.current
     if number is None:
         return None

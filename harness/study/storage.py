@@ -16,12 +16,15 @@ checkpoint) and closes its MLflow run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,20 +63,34 @@ def process_start(pid: int) -> str | None:
     return fields[19]  # field 22: start time in clock ticks since boot
 
 
+def _machine() -> str:
+    """This kernel boot and pid namespace: two containers sharing a hostname are told apart, and so
+    are two boots of one machine; pids are comparable only within the same value."""
+    parts = []
+    for path, read in (("/proc/sys/kernel/random/boot_id", Path.read_text), ("/proc/self/ns/pid", None)):
+        try:
+            parts.append(read(Path(path)).strip() if read else os.readlink(path))
+        except OSError:
+            parts.append("?")
+    return f"{socket.gethostname()}|{'|'.join(parts)}"
+
+
 def owner_record(trial_id: int) -> dict[str, Any]:
     return {
         "trial_id": trial_id,
         "host": socket.gethostname(),
+        "machine": _machine(),
         "pid": os.getpid(),
         "pid_start": process_start(os.getpid()),
     }
 
 
 def owner_is_dead(owner: Any, trial_id: int) -> bool:
-    """True only when certain: the owner ran on this host and that exact process is gone."""
+    """True only when certain: the owner ran on this machine (same boot, same pid namespace) and that
+    exact process is gone. Anything else waits for the heartbeat's grace period."""
     if not isinstance(owner, dict) or owner.get("trial_id") != trial_id:
         return False  # no record yet, or one copied from the trial this one retries
-    if owner.get("host") != socket.gethostname():
+    if owner.get("machine") != _machine() or "?" in str(owner.get("machine")).split("|")[1:]:
         return False
     now = process_start(int(owner["pid"]))
     return now is None or (now != "?" and owner.get("pid_start") not in (None, "?", now))
@@ -178,3 +195,63 @@ def _redact(url: str) -> str:
 def sweep_stale(study: optuna.Study) -> None:
     """Fail (and so re-queue) trials whose worker died; safe to call from every worker at once."""
     optuna.storages.fail_stale_trials(study)
+
+
+class BudgetLock:
+    """Serialises "sweep, count, take a trial" across all workers of one study.
+
+    Journal: an flock'd file beside the journal (one machine, or a file system with working
+    locks). PostgreSQL: a session advisory lock keyed by the study name. Other RDBs have no lock
+    here: the budget may then overshoot by up to workers - 1 trials (logged once).
+    """
+
+    def __init__(self, url: str, study: str) -> None:
+        self.url, self.study = url, study
+        self._file: Any = None
+        self._conn: Any = None
+        self._key = int.from_bytes(
+            hashlib.sha256(f"harness-budget:{study}".encode()).digest()[:8], "big", signed=True
+        )
+        if url.startswith("journal:"):
+            self._file = open(url.removeprefix("journal:") + ".budget.lock", "a")  # noqa: SIM115
+        elif url.startswith("postgresql"):
+            import psycopg2
+
+            dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
+            self._conn = psycopg2.connect(dsn, connect_timeout=10)
+            self._conn.autocommit = True
+        else:
+            log.warning(
+                "storage %s: no cross-worker lock; the budget may overshoot by workers - 1 trials",
+                url.split("://", 1)[0],
+            )
+
+    def __enter__(self) -> BudgetLock:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        elif self._conn is not None:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        elif self._conn is not None:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._conn is not None:
+            self._conn.close()  # a dead worker's connection drops, and PostgreSQL frees its lock
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study: str) -> Iterator[BudgetLock]:
+    lock = BudgetLock(url, study)
+    try:
+        yield lock
+    finally:
+        lock.close()
