@@ -36,7 +36,6 @@ from harness.study.storage import BudgetLock, budget_lock, open_storage
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
-BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class StaleTrialHandler:
@@ -192,6 +191,7 @@ def counts(study: optuna.Study) -> Counter:
 
 
 def finished(study: optuna.Study) -> int:
+    """Trials that count toward the budget."""
     c = counts(study)
     return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
 
@@ -360,7 +360,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, s
     elif state == TrialState.PRUNED:
         log.info("Trial %d pruned. %s", trial.number, note)
     else:
-        log.warning("Trial %d failed: %s", trial.number, objective_reason(study, trial.number))
+        reason = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("fail_reason", "see above")
+        log.warning("Trial %d failed: %s", trial.number, reason)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None) -> bool:
@@ -372,10 +373,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: fl
         )
         return False
     return True
-
-
-def objective_reason(study: optuna.Study, number: int) -> str:
-    return str(study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason", "see above"))
 
 
 def _requeue_interrupted(study: optuna.Study, objective: Objective, cfg: StudyConfig) -> int | None:

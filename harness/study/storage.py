@@ -192,11 +192,6 @@ def _redact(url: str) -> str:
     return url
 
 
-def sweep_stale(study: optuna.Study) -> None:
-    """Fail (and so re-queue) trials whose worker died; safe to call from every worker at once."""
-    optuna.storages.fail_stale_trials(study)
-
-
 class BudgetLock:
     """Serialises "sweep, count, take a trial" across all workers of one study.
 
