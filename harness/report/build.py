@@ -24,9 +24,9 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report import figures as F
 from harness.study.config import StudyConfig
+from harness.study.final import METRICS
 from harness.study.runner import load_study, study_uid, tracker_for
 
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 PARAMS = ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim", "refresh_every")
 
 
@@ -47,8 +47,7 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
         raise HarnessError(f"study {cfg.name!r} has no trials yet; run the study first")
     df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
     df["state"] = df["state"].astype(str)
-    fixed = {k: v for k, v in cfg.search_space.items() if not isinstance(v, dict)}
-    for k, v in fixed.items():  # values fixed in the search space are not Optuna params
+    for k, v in cfg.fixed_params.items():  # values fixed in the search space are not Optuna params
         if k not in df:
             df[k] = v
     if "batch_p" in df and "batch_k" in df:

@@ -151,6 +151,11 @@ class StudyConfig:
     def cache_px(self) -> int:
         return int(self.raw["cache_size"] or self.raw["image_size"])
 
+    @property
+    def fixed_params(self) -> dict[str, Any]:
+        """Search-space entries given as a single value: not searched, but every trial uses them."""
+        return {k: v for k, v in self.raw["search_space"].items() if not isinstance(v, dict)}
+
     def space_hash(self) -> str:
         """Identifies what the trials of a stored study mean; a mismatch must not be mixed in."""
         keys = (

@@ -63,15 +63,14 @@ def trial_params(trial: FrozenTrial, cfg: StudyConfig) -> TrialParams:
     """Everything the trial trained with: searched values AND values fixed in the search space."""
     if "trial_params" in trial.user_attrs:
         return TrialParams(**trial.user_attrs["trial_params"])
-    fixed = {k: v for k, v in cfg.search_space.items() if not isinstance(v, dict)}
+    fixed = cfg.fixed_params
     return TrialParams(**{k: trial.params.get(k, fixed.get(k, PARAM_DEFAULTS[k])) for k in PARAM_DEFAULTS})
 
 
 def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     """The default recipe (values fixed in the search space kept) at the reference margin, once per
     mining strategy the study searched: fixed before any result is seen."""
-    fixed = {k: v for k, v in cfg.search_space.items() if not isinstance(v, dict)}
-    base = PARAM_DEFAULTS | fixed | {"margin": float(cfg.evaluate["reference_margin"])}
+    base = PARAM_DEFAULTS | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
     minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
     return [TrialParams(**(base | {"mining": m})) for m in minings]
 
@@ -170,7 +169,6 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
             for p in reference_params(cfg)
         ]
 
-    runs: list[dict] = []
     queries: dict[str, list[dict]] = {}
     by_seed: dict[str, list[dict]] = {}
 
@@ -193,7 +191,6 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
         "eval_s": time.perf_counter() - t0,
         **{f"test_{k}": v for k, v in base.items()},
     }
-    runs.append(base_row)
     queries[BASELINE], by_seed[BASELINE] = [base_q], [base_row]
     run = tracker.trial_run(
         parent,
@@ -231,7 +228,6 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
                 "images_processed": history[-1]["images_processed"],
                 **{f"test_{k}": v for k, v in m.items()},
             }
-            runs.append(row)
             queries.setdefault(label, []).append(q)
             by_seed.setdefault(label, []).append(row)
             name = f"test-{label.replace(' ', '-')}-seed{seed}"
@@ -269,6 +265,7 @@ def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
     ]
     comparisons += _compare(best, BASELINE, by_seed, queries, cfg)
 
+    runs = [row for rows in by_seed.values() for row in rows]  # baseline first, then configs in order
     _write_csv(pd.DataFrame(runs), cfg.study_dir / "test_runs.csv")
     _write_csv(pd.DataFrame(comparisons), cfg.study_dir / "comparisons.csv")
     np.savez_compressed(

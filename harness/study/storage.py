@@ -158,16 +158,17 @@ def open_storage(
                 " directory exists, is writable and has free space"
             ) from None
     try:
-        warnings.filterwarnings(
-            "ignore", "Argument ``(heartbeat_interval|grace_period)``", ExperimentalWarning
-        )
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=on_stale,
-            engine_kwargs=_engine_kwargs(url),
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "Argument ``(heartbeat_interval|grace_period)``", ExperimentalWarning
+            )
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+                engine_kwargs=_engine_kwargs(url),
+            )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HarnessError(
