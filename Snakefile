@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     study="|".join(STUDIES) or "none",
     worker=r"\d+",
+    shard=r"\d+",
 
 
 include: "workflow/rules/data.smk"

@@ -1,17 +1,40 @@
 """harness: tune and compare triplet-loss metric learning (data, study, evaluate, report, bench).
 
-Every user-fixable problem ends as one line on stderr and exit code 2.
+Every user-fixable problem ends as one line on stderr and exit code 2; Ctrl-C as one line and
+exit code 130. A study config is checked before torch, Optuna or MLflow is imported, so a typo
+costs milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from harness.errors import HarnessError
 from harness.pipeline import setup_logging
+
+log = logging.getLogger("harness")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _threads(n: int | None) -> None:
@@ -21,20 +44,28 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def cmd_verify(a: argparse.Namespace) -> None:
-    from harness.data import get_dataset
-    from harness.data.verify import verify_dataset
+def _config(a: argparse.Namespace, path: str | None = None):  # noqa: ANN202 (StudyConfig, lazily)
+    """Load and check the study config first (cheap); only then pay for torch and friends."""
+    from harness.study import load_config
 
+    cfg = load_config(path or a.config)
+    _threads(a.threads)
+    return cfg
+
+
+def cmd_verify(a: argparse.Namespace) -> None:
     if a.config:
-        from harness.study import load_config
         from harness.study.data import resolve_root
 
-        cfg = load_config(a.config)
+        cfg = _config(a)
         name, root, strict = cfg.dataset, resolve_root(cfg), cfg.strict_counts
     else:
         if not a.root:
             raise HarnessError("data verify needs --root PATH (or --config STUDY.yaml)")
         name, root, strict = a.dataset, Path(a.root), not a.partial
+    from harness.data import get_dataset
+    from harness.data.verify import verify_dataset
+
     r = verify_dataset(get_dataset(name), root, strict)
     print(
         f"{r.dataset}: {r.root}: {r.num_images} images, {r.num_classes} classes, "
@@ -43,60 +74,69 @@ def cmd_verify(a: argparse.Namespace) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from harness.study import load_config
+    cfg = _config(a)
     from harness.study.data import prepare
 
-    cfg = load_config(a.config)
     p = prepare(cfg, allow_download=True)
     m = p.split.manifest
     print(f"{cfg.name}: {len(p.images)} images; split {m['num_classes']} classes, hash {m['hash']}")
 
 
 def cmd_create(a: argparse.Namespace) -> None:
-    from harness.study import load_config
+    cfg = _config(a)
     from harness.study.runner import create
 
-    info = create(load_config(a.config))
+    info = create(cfg)
     print(f"study {info['study']} ready in {info['storage']}")
 
 
 def cmd_worker(a: argparse.Namespace) -> None:
-    from harness.study import load_config
+    cfg = _config(a)
     from harness.study.runner import run_worker
 
-    n = run_worker(load_config(a.config), a.worker)
+    n = run_worker(cfg, a.worker)
     print(f"worker {a.worker}: {n} trials")
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from harness.study import load_config
+    cfg = _config(a)
     from harness.study.data import prepare
     from harness.study.runner import create, run_worker
 
-    cfg = load_config(a.config)
-    prepare(cfg, allow_download=True)
+    prepare(cfg, allow_download=True)  # refuses a config the stored study would refuse, first
     create(cfg)
     n = run_worker(cfg, 0)
     print(f"study {cfg.name}: this run added {n} trials")
 
 
-def cmd_evaluate(a: argparse.Namespace) -> None:
-    from harness.study import load_config
-    from harness.study.final import evaluate_study
+def cmd_delete(a: argparse.Namespace) -> None:
+    cfg = _config(a)
+    from harness.study.runner import delete_study
 
-    df = evaluate_study(load_config(a.config))
+    attic = delete_study(cfg, force=a.force)
+    print(f"study {cfg.name} set aside in {attic}; its name is free")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    cfg = _config(a)
+    from harness.study.final import evaluate_shard, evaluate_study
+
+    if a.shard is not None:
+        evaluate_shard(cfg, a.shard)
+        print(f"{cfg.name}: evaluation shard {a.shard} of {cfg.evaluate['jobs']} done")
+        return
+    df = evaluate_study(cfg)
     cols = [c for c in ("config", "val_recall@1", "test_recall@1", "test_map@r") if c in df]
     print(df[cols].to_string(index=False))
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from harness.report import build_report
-    from harness.study import load_config
-
     names = [*a.studies, *(a.config or [])]
     if not names:
         raise HarnessError("harness report: name at least one study (a config path or a study name)")
-    cfgs = [load_config(_study_config_path(n)) for n in names]
+    cfgs = [_config(a, str(_study_config_path(n))) for n in names]
+    from harness.report import build_report
+
     if a.separate:
         for cfg in cfgs:
             print(build_report(cfg))
@@ -118,24 +158,25 @@ def _study_config_path(name: str) -> Path:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
+    _threads(a.threads)
     from harness.bench import run_bench
 
     run_bench(out_dir=Path(a.out), quick=a.quick)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p = Parser(prog="harness", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=int(os.environ.get("HARNESS_THREADS", 0)) or None,
         help="torch CPU threads (default: torch's choice)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     data = sub.add_parser("data", help="verify or prepare a dataset").add_subparsers(
-        dest="data_cmd", required=True
+        dest="data_cmd", required=True, parser_class=Parser
     )
     v = data.add_parser("verify", help="check metadata and decode every image")
     v.add_argument("--dataset", default="cub", help="cub or cars")
@@ -147,24 +188,32 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", required=True)
     pr.set_defaults(func=cmd_prepare)
 
-    study = sub.add_parser("study", help="create a study, run workers").add_subparsers(
-        dest="study_cmd", required=True
+    study = sub.add_parser("study", help="create a study, run workers, set one aside").add_subparsers(
+        dest="study_cmd", required=True, parser_class=Parser
     )
     for name, func, text in (
         ("create", cmd_create, "create the study and its MLflow parent run"),
         ("worker", cmd_worker, "run trials until the study budget is met"),
         ("run", cmd_run, "prepare + create + one worker, in this process"),
+        ("delete", cmd_delete, "set the study aside (journal and results to results/{study}/attic/)"),
     ):
         s = study.add_parser(name, help=text)
         s.add_argument("--config", required=True)
         if name == "worker":
-            s.add_argument("--worker", type=int, default=0, help="worker index (seeds its sampler)")
+            s.add_argument("--worker", type=int, default=0, help="worker index (names its log)")
+        if name == "delete":
+            s.add_argument("--force", action="store_true", help="also a study with finished trials")
         s.set_defaults(func=func)
 
     e = sub.add_parser(
         "evaluate", help="re-train the top configs on all train classes, score on test classes"
     )
     e.add_argument("--config", required=True)
+    e.add_argument(
+        "--shard",
+        type=int,
+        help="run only shard N (0-based) of evaluate.jobs (a cluster job); without it: all, then the tables",
+    )
     e.set_defaults(func=cmd_evaluate)
     r = sub.add_parser(
         "report",
@@ -186,7 +235,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
-    _threads(args.threads)
     try:
         args.func(args)
     except HarnessError as e:
@@ -200,6 +248,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # a bug, or a failure of a library: one line, the traceback with -v
+        log.debug("traceback", exc_info=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"error: unexpected {type(e).__name__}{f': {first}' if first else ''}"
+            f"{'' if args.verbose else ' (rerun with -v for the traceback)'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

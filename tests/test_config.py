@@ -169,3 +169,18 @@ def test_load_config_errors(tmp_path: Path) -> None:
         "name: tiny\ndataset: cub\nsearch_space:\n  mining: {choices: [semihard, offline-hard]}\n"
     )
     assert load_config(good).search_space == {"mining": {"choices": ["semihard", "offline-hard"]}}
+
+
+def test_the_light_name_lists_match_the_registries() -> None:
+    """Configs are checked against harness.names (no torch import); the registries must agree."""
+    from harness import names
+    from harness.data import DATASETS
+    from harness.evaluation import DISTANCES as EVAL_DISTANCES
+    from harness.losses import DISTANCES
+    from harness.mining import MINERS
+
+    assert set(DISTANCES) == set(names.DISTANCES) == set(EVAL_DISTANCES)
+    assert tuple(DATASETS) == names.DATASETS
+    assert MINERS == names.MINERS
+    for name, spec in DATASETS.items():
+        assert names.TRAIN_CLASSES[name] == len(spec.train_classes)

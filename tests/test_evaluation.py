@@ -145,7 +145,10 @@ def test_chunking_does_not_change_results(distance: str) -> None:
         d_small, i_small = knn(x, 7, distance=distance, reference=reference, chunk=5)
         d_big, i_big = knn(x, 7, distance=distance, reference=reference, chunk=4096)
         assert torch.equal(i_small, i_big)
-        torch.testing.assert_close(d_small, d_big, rtol=0, atol=1e-6)
+        # The same distances, computed in blocks of another shape: BLAS may sum in another order, so
+        # they agree to float32 rounding relative to their size (distances here are O(1..10); an
+        # absolute 1e-6 failed on another x86 machine at 1.9e-6), not bit for bit.
+        torch.testing.assert_close(d_small, d_big, rtol=1e-5, atol=1e-6 * float(d_big.abs().max()))
     labels = rng.integers(0, 6, size=53)
     small = retrieval_metrics(x, labels, distance=distance, nmi=False, chunk=5)
     assert small == retrieval_metrics(x, labels, distance=distance, nmi=False, chunk=4096)

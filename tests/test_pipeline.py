@@ -291,9 +291,11 @@ window.addEventListener("load", () => {
   const images = [...document.images].map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0}));
   const tables = Object.fromEntries([...document.querySelectorAll("table[id]")].map(
     t => [t.id.replace(/^table-/, ""), t.tBodies.length ? t.tBodies[0].rows.length : 0]));
+  const overflow = [...document.querySelectorAll("div.scroll")].filter(
+    d => d.scrollWidth > d.clientWidth + 1).map(d => d.querySelector("table").id);
   const out = document.createElement("pre");
   out.id = "harness-check";
-  out.textContent = JSON.stringify({images, tables});
+  out.textContent = JSON.stringify({images, tables, overflow, width: window.innerWidth});
   document.body.appendChild(out);
 });
 </script>"""
@@ -330,7 +332,7 @@ def test_report_in_headless_chromium(pipeline: Run) -> None:
     probe = report / ".browser-check.html"  # a copy beside the page, so relative links resolve alike
     probe.write_text(page.replace("</body>", CHECK + "</body>"))
     try:
-        dom = chromium("--dump-dom", probe.as_uri())
+        dom = chromium("--window-size=1200,3000", "--dump-dom", probe.as_uri())
     finally:
         probe.unlink()
     match = re.search(r'<pre id="harness-check">(.*?)</pre>', dom.stdout, re.S)
@@ -342,6 +344,8 @@ def test_report_in_headless_chromium(pipeline: Run) -> None:
         assert rows == len(pd.read_csv(report / "tables" / f"{key}.csv")), key
     assert found["tables"]["trials"] == len(pipeline.study().trials)
     assert found["tables"]["test"] == 6
+    assert found["width"] == 1200
+    assert "table-test" not in found["overflow"], found["overflow"]  # no sideways scroll for the finals
 
     shot = pipeline.tmp / "report.png"
     r = chromium("--window-size=1200,3000", f"--screenshot={shot}", (report / "index.html").as_uri())

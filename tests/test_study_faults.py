@@ -110,7 +110,7 @@ def test_batch_p_wider_than_the_training_classes_is_caught_before_the_search(
 ) -> None:
     raw = tiny_config(data_root, tmp_path / "results")
     raw["search_space"] = raw["search_space"] | {"batch_p": {"choices": [4, 90]}}
-    with pytest.raises(ConfigError, match="batch_p reaches 90, but only 80 classes"):
+    with pytest.raises(ConfigError, match="leaving 80 to train on, but search_space.batch_p reaches 90"):
         prepare(parse_config(raw))
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
 

@@ -47,12 +47,14 @@ def test_dry_run_plans_every_stage(profile: str, tmp_path: Path) -> None:
         "prepare_data",
         "create_study",
         "study_worker",
+        "evaluate_shard",
         "evaluate",
         "report",
         "all",
     ):
         assert rule in out
     assert any(line.split() == ["study_worker", "2"] for line in out.splitlines())  # workers: 2 in .test/
+    assert any(line.split() == ["evaluate_shard", "2"] for line in out.splitlines())  # evaluate.jobs: 2
 
 
 def test_real_run_of_the_test_study(tmp_path: Path) -> None:
@@ -67,6 +69,20 @@ def test_real_run_of_the_test_study(tmp_path: Path) -> None:
     worker_logs = "".join(p.read_text() for p in (tmp_path / "logs" / "study_worker" / "tiny").glob("*.log"))
     assert "Trial 0 finished" in worker_logs
     assert "database is locked" not in worker_logs
+    # long steps show progress on the console, with counts and an ETA (not only in the logs)
+    console = r.stdout + r.stderr
+    for job, words in (
+        (
+            "prepare_data/tiny",
+            ("decode cub images at 32px: 800/800 images (100 %)", "features at 32px: 800/800"),
+        ),
+        ("study_worker/tiny/", ("epoch 2/2, val R@1", "ETA")),
+        ("evaluate_shard/tiny/0", ("evaluate tiny: 1/", "test R@1")),
+        ("evaluate_shard/tiny/1", ("evaluate tiny: 1/", "test R@1")),
+    ):
+        lines = [line for line in console.splitlines() if f"[{job}" in line]
+        for w in words:
+            assert any(w in line for line in lines), (job, w, lines)
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])

@@ -47,11 +47,19 @@ class ImageList:
         )
 
     def fingerprint(self) -> str:
-        """Hash of the file list and labels: the cache key, so a changed dataset never hits."""
+        """Hash of the file list, the labels and each file's size: which copy of a dataset this is.
+
+        Another copy with the same files is the same dataset wherever it lies; other images under
+        the same names and class ids (another resolution, another crop) are not. The split manifest
+        records it, and ``evaluate`` refuses a copy the search did not run on."""
         h = hashlib.sha256()
         h.update(self.dataset.encode())
         for p, y in zip(self.paths, self.labels.tolist()):
-            h.update(f"{p}\t{y}\n".encode())
+            try:
+                size = (self.image_dir / p).stat().st_size
+            except OSError:
+                size = -1  # decoding reports the missing file by name
+            h.update(f"{p}\t{y}\t{size}\n".encode())
         return h.hexdigest()[:16]
 
     def cache_key(self) -> str:
@@ -73,11 +81,13 @@ class ImageList:
         return self.image_dir / self.paths[i]
 
 
-def read_table(path: Path, ncols: int, what: str) -> list[list[str]]:
-    """Read one of the whitespace-separated official metadata files, with clear errors."""
+def read_table(path: Path, ncols: int, what: str, numbered: bool = False) -> list:
+    """Read one of the whitespace-separated official metadata files, with clear errors.
+
+    Rows as lists of fields, or with ``numbered`` as (line number, fields)."""
     if not path.is_file():
         raise DataError(f"missing metadata file {path}: {what}; check data_root points at the dataset")
-    rows = []
+    rows: list = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -87,5 +97,5 @@ def read_table(path: Path, ncols: int, what: str) -> list[list[str]]:
                 f"{path}:{lineno}: expected {ncols} fields, got {len(parts)}; the file is corrupt,"
                 " re-extract the dataset"
             )
-        rows.append(parts)
+        rows.append((lineno, parts) if numbered else parts)
     return rows

@@ -15,6 +15,7 @@ import numpy as np
 
 from harness.data.base import ImageList
 from harness.data.images import decode
+from harness.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +34,47 @@ def build_image_cache(images: ImageList, size: int, cache_dir: Path, threads: in
     arr = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
     threads = threads or min(8, os.cpu_count() or 1)
     log.info("decoding %d images of %s at %dpx into %s", len(images), images.dataset, size, path)
+    progress = Progress(f"decode {images.dataset} images at {size}px", len(images), "images")
+    # PIL releases the GIL while decoding, so threads scale without pickling arrays around.
+    pool = ThreadPoolExecutor(threads)
     try:
-        # PIL releases the GIL while decoding, so threads scale without pickling arrays around.
-        with ThreadPoolExecutor(threads) as pool:
-            for i, img in enumerate(pool.map(lambda j: decode(images.absolute(j), size), range(len(images)))):
-                arr[i] = img
+        for i, img in enumerate(pool.map(lambda j: decode(images.absolute(j), size), range(len(images)))):
+            arr[i] = img
+            progress.update()
         arr.flush()
         del arr
         os.replace(part, path)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: stop at once, not after every image
         part.unlink(missing_ok=True)
         raise
+    pool.shutdown()
     return path
 
 
 def load_image_cache(images: ImageList, size: int, cache_dir: Path) -> np.ndarray:
-    """The cached array, memory-mapped read-only; builds it first if missing."""
+    """The cached array, memory-mapped read-only; builds it first if missing, rebuilds it if damaged."""
     path = build_image_cache(images, size, cache_dir)
-    arr = np.load(path, mmap_mode="r")
-    if arr.shape != (len(images), size, size, 3):
-        raise RuntimeError(f"image cache {path} has shape {arr.shape}; delete it and rerun")
+    arr = open_cache(path, (len(images), size, size, 3))
+    if arr is None:
+        arr = open_cache(build_image_cache(images, size, cache_dir), (len(images), size, size, 3))
+        assert arr is not None, path
     return arr
+
+
+def open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Memory-map a cache file; a truncated or foreign one is set aside (None: rebuild it).
+
+    Caches are derived data written atomically, so damage comes from outside (a copy cut short,
+    a disk error); rebuilding is always safe."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape == shape:
+            return arr
+        problem = f"shape {arr.shape}, expected {shape}"
+    except (ValueError, OSError, EOFError) as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    log.warning("cache %s is damaged (%s); moved to %s and rebuilt", path, problem, aside)
+    return None

@@ -48,20 +48,43 @@ class CUB200:
         )
 
     def load(self, root: Path, strict_counts: bool = True) -> ImageList:
+        """The image list with its labels; duplicate ids and labels outside classes.txt are errors
+        whatever ``strict_counts`` says (an image with an unknown class would drop out of every split)."""
         root = self.find_root(root)
-        images = read_table(root / "images.txt", 2, "image id -> file list")
-        labels = read_table(root / "image_class_labels.txt", 2, "image id -> class id")
-        classes = read_table(root / "classes.txt", 2, "class id -> class name")
-        by_id = {int(i): int(c) for i, c in labels}
-        paths, ys = [], []
-        for image_id, rel in images:
-            if int(image_id) not in by_id:
+        images = _ids(root / "images.txt", "image id -> file list")
+        labels = _ids(root / "image_class_labels.txt", "image id -> class id")
+        classes = _ids(root / "classes.txt", "class id -> class name")
+        by_id = {i: _int(c, root / "image_class_labels.txt", line) for i, c, line in labels}
+        class_ids = {i for i, _, _ in classes}
+        extra = sorted(set(by_id) - {i for i, _, _ in images})
+        if extra:
+            raise DataError(
+                f"{root / 'image_class_labels.txt'}: labels for image id {extra[0]}"
+                f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''} missing from images.txt;"
+                " the metadata files do not belong together, re-extract the dataset"
+            )
+        paths: list[str] = []
+        ys: list[int] = []
+        seen: dict[str, int] = {}
+        for image_id, rel, line in images:
+            if image_id not in by_id:
                 raise DataError(
                     f"{root / 'image_class_labels.txt'}: image id {image_id} ({rel}) has no label;"
                     " re-extract the dataset"
                 )
+            if by_id[image_id] not in class_ids:
+                raise DataError(
+                    f"{root / 'image_class_labels.txt'}: image id {image_id} ({rel}) has class"
+                    f" {by_id[image_id]}, which classes.txt does not list; re-extract the dataset"
+                )
+            if rel in seen:
+                raise DataError(
+                    f"{root / 'images.txt'}:{line}: {rel} is listed twice (also as image id {seen[rel]});"
+                    " re-extract the dataset"
+                )
+            seen[rel] = image_id
             paths.append(rel)
-            ys.append(by_id[int(image_id)])
+            ys.append(by_id[image_id])
         found = sorted(set(ys))
         if strict_counts and (len(classes) != self.num_classes or len(found) != self.num_classes):
             raise DataError(
@@ -80,3 +103,28 @@ class CUB200:
         for archive in self.archives:
             download_and_extract(archive, Path(dest))
         return self.find_root(Path(dest))
+
+
+def _int(text: str, path: Path, line: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(
+            f"{path}:{line}: {text!r} is not an id; the file is corrupt, re-extract the dataset"
+        ) from None
+
+
+def _ids(path: Path, what: str) -> list[tuple[int, str, int]]:
+    """(id, value, line) per row of an official ``<id> <value>`` file; a repeated id is an error."""
+    out: list[tuple[int, str, int]] = []
+    first: dict[int, int] = {}
+    for line, (key, value) in read_table(path, 2, what, numbered=True):
+        i = _int(key, path, line)
+        if i in first:
+            raise DataError(
+                f"{path}:{line}: id {i} is listed twice (first on line {first[i]}); the file is corrupt,"
+                " re-extract the dataset"
+            )
+        first[i] = line
+        out.append((i, value, line))
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from harness.data.base import ImageList
 from harness.errors import ConfigError, DataError
+from harness.names import carve_out
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ def make_split(
             " the dataset copy is incomplete"
         )
     rng = np.random.default_rng(seed)
-    n_val = max(2, int(round(val_fraction * len(train_c))))
+    n_fit, n_val = carve_out(len(train_c), val_fraction)
+    if n_fit < 2:
+        raise ConfigError(
+            f"val_fraction {val_fraction} makes {n_val} of the {len(train_c)} training classes validation"
+            f" classes, leaving {n_fit} to train on; lower val_fraction"
+        )
     val_c = np.sort(rng.choice(train_c, size=n_val, replace=False))
     fit_c = np.setdiff1d(train_c, val_c)
     for a, b, what in (
@@ -83,6 +89,10 @@ def make_split(
         "classes": classes,
         "num_images": {k: int(len(v)) for k, v in idx.items()},
         "num_classes": {k: len(v) for k, v in classes.items()},
+        # a batch takes K images per class: a class with fewer is sampled with replacement
+        "min_images_per_class": {
+            k: int(np.unique(labels[v], return_counts=True)[1].min()) if len(v) else 0 for k, v in idx.items()
+        },
     }
     body["hash"] = hashlib.sha256(json.dumps(body["classes"], sort_keys=True).encode()).hexdigest()[:16]
     body["overlap"] = {"train_val": [], "train_test": [], "val_test": []}

@@ -16,10 +16,10 @@ from harness.mining.offline import OfflineMiner
 from harness.mining.pml_miner import PMLMiner
 from harness.mining.sampled import DistanceWeightedMiner, RandomMiner
 from harness.mining.triplet_margin import TripletMarginMiner
+from harness.names import MINERS, OFFLINE_MINERS, ONLINE_MINERS
 
-ONLINE = ("all", "semihard", "hard", "batch-hard", "distance-weighted", "random")
-OFFLINE = ("offline-hard", "offline-semihard", "offline-random")
-MINERS = ONLINE + OFFLINE
+ONLINE = ONLINE_MINERS
+OFFLINE = OFFLINE_MINERS
 
 
 def get_miner(

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.data.cache import open_cache
 from harness.data.transforms import center_crop, normalize
 from harness.models.embedder import TrunkInfo
+from harness.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,20 @@ def embed_images(
     size: int,
     device: torch.device,
     batch_size: int = 128,
+    report: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Eval-mode forward of centre-cropped images; returns (outputs on CPU, images/s)."""
     model.eval()
     outs = []
     t0 = time.perf_counter()
+    progress = Progress(f"{info.name} features at {size}px", len(images_u8), "images") if report else None
     for start in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(np.array(images_u8[start : start + batch_size])).to(device)  # a writable copy
         x = center_crop(normalize(x, info.mean, info.std), size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outs.append(model(x).float().cpu())
+        if progress is not None:
+            progress.update(len(x))
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -62,11 +68,15 @@ def trunk_features(
     device: torch.device,
 ) -> np.ndarray:
     """Cached trunk features (N x num_features float32), computed once and memory-mapped after."""
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        feats, ips = embed_images(trunk.to(device), images_u8, info, size, device)
-        log.info("trunk features for %d images at %.1f img/s -> %s", len(feats), ips, path)
-        part = path.with_name(path.name + f".{os.getpid()}.part.npy")
-        np.save(part, feats.numpy().astype(np.float32))
-        os.replace(part, path)
-    return np.load(path, mmap_mode="r")
+    for _ in range(2):
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            feats, ips = embed_images(trunk.to(device), images_u8, info, size, device, report=True)
+            log.info("trunk features for %d images at %.1f img/s -> %s", len(feats), ips, path)
+            part = path.with_name(path.name + f".{os.getpid()}.part.npy")
+            np.save(part, feats.numpy().astype(np.float32))
+            os.replace(part, path)
+        arr = open_cache(path, (len(images_u8), info.num_features))
+        if arr is not None:
+            return arr
+    raise RuntimeError(f"feature cache {path} could not be rebuilt")

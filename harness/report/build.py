@@ -14,7 +14,7 @@ import json
 import math
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,8 +23,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import figures as F
-from harness.study.config import StudyConfig
-from harness.study.final import METRICS
+from harness.study.config import StudyConfig, config_warnings
 from harness.study.runner import load_study, study_uid, tracker_for
 
 PARAMS = ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim", "refresh_every")
@@ -38,6 +37,7 @@ class StudyData:
     curves: pd.DataFrame  # number, mining, family, images_processed, val_recall@1
     test: pd.DataFrame | None
     comparisons: pd.DataFrame | None
+    notes: list[str] = field(default_factory=list)  # warnings shown at the top of the study's section
 
 
 def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
@@ -47,6 +47,15 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
         raise HarnessError(f"study {cfg.name!r} has no trials yet; run the study first")
     df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
     df["state"] = df["state"].astype(str)
+    # the best validation R@1 a trial reached over the epochs it ran: Optuna's value is that for a
+    # complete trial, but the LAST reported score for a pruned one
+    best = {
+        t.number: max(t.intermediate_values.values(), default=math.nan)
+        for t in study.get_trials(deepcopy=False)
+    }
+    df["best_val_r1"] = df["number"].map(best).astype(float)
+    if "host_load" in df and "host_cpus" in df:
+        df["contended"] = df["host_load"] > df["host_cpus"]
     for k, v in cfg.fixed_params.items():  # values fixed in the search space are not Optuna params
         if k not in df:
             df[k] = v
@@ -77,15 +86,44 @@ def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["number", "mining", "family", "images_processed", "val_recall@1"])
 
 
+def _this_incarnation(path: Path, uid: str, notes: list[str]) -> pd.DataFrame | None:
+    """A derived CSV, or None when it is missing or belongs to another incarnation of the study."""
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    found = sorted(set(df["study_uid"].astype(str))) if "study_uid" in df else []
+    if found != [uid]:
+        was = f"uid {', '.join(found)}" if found else "no study uid: an older harness"
+        notes.append(
+            f"{path} belongs to an earlier incarnation of this study ({was}; the study now is uid {uid}),"
+            " so it is left out: run 'harness evaluate' for this study"
+        )
+        return None
+    return df
+
+
 def load_data(cfg: StudyConfig) -> StudyData:
     study = load_study(cfg)
     df = trials_frame(study, cfg)
-    test_csv, comp_csv = cfg.study_dir / "test.csv", cfg.study_dir / "comparisons.csv"
-    test = pd.read_csv(test_csv) if test_csv.is_file() else None
-    if test is not None and "kind" not in test:
-        raise HarnessError(f"{test_csv} comes from an older harness; rerun 'harness evaluate' for this study")
-    comp = pd.read_csv(comp_csv) if comp_csv.is_file() else None
-    return StudyData(cfg, study, df, curves_frame(df), test, comp)
+    uid = study_uid(study)
+    notes = [*config_warnings(cfg, _manifest(cfg))]
+    test = _this_incarnation(cfg.study_dir / "test.csv", uid, notes)
+    comp = _this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
+    if test is None or comp is None:
+        test = comp = None
+    if "contended" in df and df["contended"].any():
+        n, cpus = int(df["contended"].sum()), int(df["host_cpus"].max())
+        notes.append(
+            f"{n} of {len(df)} trials ran while the host's load exceeded its {cpus} CPUs (other work"
+            " competed): their throughput is drawn hollow in the Pareto front and left out of the"
+            " throughput chart"
+        )
+    return StudyData(cfg, study, df, curves_frame(df), test, comp, notes)
+
+
+def _manifest(cfg: StudyConfig) -> dict | None:
+    path = cfg.study_dir / "split_manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -104,20 +142,31 @@ def _with_ci(row: pd.Series, m: str) -> str:
     return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-WITH_CI = ("recall@1", "map@r", "r_precision")
-
-
 def test_table(test: pd.DataFrame) -> pd.DataFrame:
-    """R@1, MAP@R and R-precision with their intervals; the other metrics as means (all in the CSV)."""
-    out = pd.DataFrame({"config": test["config"], "kind": test["kind"], "seeds": test["n_seeds"]})
-    out["interval"] = test["interval"]
-    for m in METRICS:
+    """R@1, MAP@R and R-precision with their intervals, R@2/4/8 and NMI as means (all in the CSV of
+    the evaluation); then the config, narrow enough for a 1200 px page."""
+    out = pd.DataFrame({"config": test["config"], "n": test["n_seeds"]})
+    for m, name in (("recall@1", "R@1 [95 % CI]"), ("map@r", "MAP@R [95 % CI]"), ("r_precision", "R-Prec")):
         if f"test_{m}" in test:
-            out[m] = [_with_ci(r, m) if m in WITH_CI else _fmt(r[f"test_{m}"]) for _, r in test.iterrows()]
-    out["val R@1"] = test["val_recall@1"]
-    for p in ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim"):
+            out[name] = [
+                _with_ci(r, m) if m != "r_precision" else _fmt(r[f"test_{m}"]) for _, r in test.iterrows()
+            ]
+    if all(f"test_recall@{k}" in test for k in (2, 4, 8)):
+        out["R@2 / 4 / 8"] = [
+            " / ".join(f"{r[f'test_recall@{k}']:.3f}" for k in (2, 4, 8)) for _, r in test.iterrows()
+        ]
+    out["val R@1"] = [_fmt(v) for v in test["val_recall@1"]]
+    for p, name in (("mining", "mining"), ("distance", "distance"), ("margin", "margin")):
         if p in test:
-            out[p] = [_param(v) for v in test[p]]
+            out[name] = [_param(v) for v in test[p]]
+    if "batch_p" in test and "batch_k" in test:
+        out["P×K"] = [
+            "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
+            for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
+        ]
+    for p, name in (("lr", "lr"), ("embedding_dim", "dim")):
+        if p in test:
+            out[name] = [_param(v) for v in test[p]]
     out["epochs"] = test["epochs"]
     return out
 
@@ -126,7 +175,9 @@ def _param(v: object) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
-        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.3g}"
+        if v.is_integer() and abs(v) >= 1:
+            return str(int(v))
+        return f"{v:.1e}" if abs(v) < 0.01 else f"{v:.3g}"
     return str(v)
 
 
@@ -150,8 +201,8 @@ def strategy_table(df: pd.DataFrame) -> pd.DataFrame:
             complete=("state", lambda s: int((s == "COMPLETE").sum())),
             pruned=("state", lambda s: int((s == "PRUNED").sum())),
             failed=("state", lambda s: int((s == "FAIL").sum())),
-            best_val_r1=("value", "max"),
-            median_val_r1=("value", "median"),
+            best_val_r1=("best_val_r1", "max"),
+            median_val_r1=("best_val_r1", "median"),
             mean_train_img_per_s=("train_img_per_s", "mean")
             if "train_img_per_s" in df
             else ("value", "size"),
@@ -183,8 +234,20 @@ def equal_compute_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, float]:
 
 
 def trials_table(df: pd.DataFrame) -> pd.DataFrame:
-    keep = ["number", "state", "value", *PARAMS, "batch", "best_epoch", "train_img_per_s", "images_processed"]
-    return df[[c for c in dict.fromkeys(keep) if c in df]]
+    keep = [
+        "number",
+        "state",
+        "best_val_r1",
+        "epochs_run",
+        "best_epoch",
+        *PARAMS,
+        "batch",
+        "train_img_per_s",
+        "host_load",
+        "images_processed",
+    ]
+    out = df[[c for c in dict.fromkeys(keep) if c in df]]
+    return out.rename(columns={"best_val_r1": "best val R@1", "train_img_per_s": "train img/s"})
 
 
 def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
@@ -258,7 +321,14 @@ class Page:
 
     def table(self, key: str, df: pd.DataFrame, caption: str = "") -> None:
         df.to_csv(self.out_dir / "tables" / f"{key}.csv", index=False)
-        body = df.to_html(index=False, float_format=_number, classes=f"dataframe {key}", border=0, na_rep="–")
+        body = df.to_html(
+            index=False,
+            float_format=_number,
+            formatters=_formatters(df),  # type: ignore[arg-type]
+            classes=f"dataframe {key.split('-')[-1]}",
+            border=0,
+            na_rep="–",
+        )
         body = body.replace("<table ", f'<table id="table-{key}" data-rows="{len(df)}" ', 1)
         link = f' <a href="tables/{key}.csv">CSV</a>'
         self.parts.append(f"<p class='caption'>{caption}{link}</p><div class='scroll'>{body}</div>")
@@ -278,6 +348,33 @@ def _number(v: float) -> str:
     if v != 0 and abs(v) < 0.01:
         return f"{v:.2e}"
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
+def _formatters(df: pd.DataFrame) -> dict[str, object]:
+    """Per column, by what it holds: throughput and counts as whole numbers, learning rates in
+    scientific notation, loads with one decimal; everything else through ``_number``."""
+
+    def whole(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v:,.0f}"
+
+    def sci(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v:.2e}"
+
+    def one(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v:.1f}"
+
+    out: dict[str, object] = {}
+    for c in df.columns:
+        name = str(c)
+        if not pd.api.types.is_float_dtype(df[c]):
+            continue
+        if "img" in name or name.startswith(("images", "trials")) or name in ("budget",):
+            out[name] = whole
+        elif name == "lr":
+            out[name] = sci
+        elif name.startswith("host_"):
+            out[name] = one
+    return out
 
 
 def _slug(text: str) -> str:
@@ -310,7 +407,35 @@ def _headline(d: StudyData) -> str:
         f"{n} seed{'s' if n != 1 else ''}) vs "
         f"the no-training baseline <b>{base['test_recall@1']:.4f}</b>; difference {c['difference']:+.4f} "
         f"[{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p_value']:.3g} ({c['method']}): <b>{verdict}</b>."
+        + _map_disagreement(comp, base["config"], c)
     )
+
+
+def _direction(row: pd.Series) -> str:
+    return "above" if row["low"] > 0 else "below" if row["high"] < 0 else "tied"
+
+
+def _map_disagreement(comp: pd.DataFrame, baseline: str, r1_vs_base: pd.Series) -> str:
+    """When MAP@R tells another story than R@1, the headline says so."""
+    maps = comp[comp["metric"] == "map@r"].set_index("versus")
+    out = []
+    if baseline in maps.index and _direction(maps.loc[baseline]) != _direction(r1_vs_base):
+        m = maps.loc[baseline]
+        out.append(
+            f"by MAP@R it is {_direction(m)} the baseline instead ({m['difference']:+.4f}"
+            f" [{m['low']:+.4f}, {m['high']:+.4f}])"
+        )
+    ahead = maps[(maps.index != baseline) & (maps["difference"] < 0)]
+    if not ahead.empty:
+        names = ", ".join(
+            f"{html.escape(str(v))} ({r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}])"
+            for v, r in ahead.iterrows()
+        )
+        n = len(ahead)
+        out.append(f"by MAP@R it ranks below {n} reference{'s' if n != 1 else ''}: {names}")
+    if not out:
+        return ""
+    return " <b>The metrics disagree:</b> " + "; ".join(out) + "."
 
 
 def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
@@ -323,6 +448,8 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
         f"{cfg.epochs} epochs per trial. Hyperparameters were chosen on validation classes carved out of "
         "the training classes; the test classes were used only for the final evaluation."
     )
+    for note in d.notes:
+        page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')
     page.p(_headline(d))
     df, curves = d.trials, d.curves
     done = df[df["state"] == "COMPLETE"]
@@ -333,7 +460,9 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
             test_table(d.test),
             "Final configs re-trained on all train classes and scored on the test classes: the top "
             "validation configs and the fixed references (default recipe at the reference margin, one "
-            "per mining strategy). Mean [95 % interval]; baseline: the pretrained backbone alone.",
+            "per mining strategy). Mean [95 % interval]: a t-interval over the n seeds; for the "
+            "baseline (the pretrained backbone alone, one deterministic run) a bootstrap over test "
+            "queries. R@2/4/8, NMI and every interval are in the CSV.",
         )
         page.figure(
             f"{prefix}test_r1_ci",
@@ -405,8 +534,19 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
             "strategy reached (offline: whole-set mining passes included).",
         )
     if "mining" in df:
-        page.table(f"{prefix}strategies", strategy_table(df), "Validation Recall@1 per mining strategy.")
-    page.table(f"{prefix}trials", trials_table(df), "Every trial; value = best validation R@1.")
+        page.table(
+            f"{prefix}strategies",
+            strategy_table(df),
+            "Validation Recall@1 per mining strategy: best and median of each trial's best validation"
+            " R@1 (complete and pruned trials).",
+        )
+    page.table(
+        f"{prefix}trials",
+        trials_table(df),
+        "Every trial. best val R@1: the highest validation Recall@1 over the epochs the trial ran (a"
+        " pruned trial: up to where it was pruned); the per-strategy and equal-compute tables use the"
+        " same per-epoch scores. host_load: the host's highest 1-minute load average during the trial.",
+    )
     man = manifest_table(cfg)
     if man is not None:
         table, m = man
@@ -499,4 +639,6 @@ figcaption { font-size: 12px; max-width: 540px }
 p.caption { font-size: 13px; margin-bottom: 0 }
 code { background: #f3f3f3; padding: 0 3px }
 div.scroll { overflow-x: auto }
+table.test td, table.test th { white-space: normal; min-width: 3em }
+p.note { background: #fff4e5; border-left: 4px solid #f0a030; padding: 4px 8px; font-size: 13px }
 """

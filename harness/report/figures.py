@@ -23,24 +23,44 @@ def _legend_outside(ax: plt.Axes) -> None:
 
 
 def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
+    """Boxes per mining x distance, and every trial as a point in its distance's colour, so a group
+    of one trial (whose box is a line) keeps its colour; only distances present get a legend entry."""
     if done.empty or "mining" not in done:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     order = sorted(done["mining"].unique())
     hue = "distance" if "distance" in done else None
-    sns.boxplot(done, x="mining", y="value", hue=hue, order=order, ax=ax, fliersize=0)
-    black = {h: "k" for h in done[hue].unique()} if hue else None
+    hue_order = sorted(done["distance"].unique()) if hue else None
+    palette = (
+        dict(zip(hue_order, sns.color_palette(n_colors=len(hue_order)), strict=True)) if hue_order else None
+    )
+    sns.boxplot(
+        done,
+        x="mining",
+        y="value",
+        hue=hue,
+        order=order,
+        hue_order=hue_order,
+        palette=palette,
+        ax=ax,
+        fliersize=0,
+        boxprops={"alpha": 0.35},
+        legend=False,
+    )
     sns.stripplot(
         done,
         x="mining",
         y="value",
         hue=hue,
         order=order,
+        hue_order=hue_order,
+        palette=palette,
         dodge=hue is not None,
-        palette=black,
         color=None if hue else "k",
-        size=3,
-        legend=False,
+        size=4,
+        edgecolor="k",
+        linewidth=0.4,
+        legend=hue is not None,
         ax=ax,
     )
     ax.set(xlabel="mining strategy", ylabel="validation Recall@1")
@@ -50,11 +70,17 @@ def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
 
 
 def r1_vs_margin(done: pd.DataFrame) -> Figure | None:
+    """One panel per distance on a shared margin axis, so panels compare at a glance."""
     if done.empty or "margin" not in done:
         return None
     distances = sorted(done["distance"].unique()) if "distance" in done else [None]
     fig, axes = plt.subplots(
-        1, len(distances), figsize=(3.6 * len(distances) + 1.5, 3.6), sharey=True, squeeze=False
+        1,
+        len(distances),
+        figsize=(3.6 * len(distances) + 1.5, 3.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
     )
     for ax, dist in zip(axes[0], distances, strict=True):
         part = done if dist is None else done[done["distance"] == dist]
@@ -68,6 +94,9 @@ def r1_vs_margin(done: pd.DataFrame) -> Figure | None:
             legend=ax is axes[0][-1],
         )
         ax.set(xlabel="margin", ylabel="validation Recall@1", title=str(dist or ""))
+    lo, hi = float(done["margin"].min()), float(done["margin"].max())
+    pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+    axes[0][0].set_xlim(lo - pad, hi + pad)
     _legend_outside(axes[0][-1])
     return fig
 
@@ -76,7 +105,7 @@ def r1_vs_batch(done: pd.DataFrame) -> Figure | None:
     if done.empty or "batch" not in done:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    order = done.sort_values("batch_size")["batch"].unique()
+    order = done.sort_values(["batch_size", "batch_p"])["batch"].unique()
     sns.stripplot(done, x="batch", y="value", order=order, hue="mining" if "mining" in done else None, ax=ax)
     ax.set(xlabel="batch P×K", ylabel="validation Recall@1")
     _legend_outside(ax)
@@ -84,24 +113,46 @@ def r1_vs_batch(done: pd.DataFrame) -> Figure | None:
 
 
 def throughput(scored: pd.DataFrame) -> Figure | None:
+    """Mean train images/s per mining (rows) x batch P×K (columns), the number in each cell: no bar
+    drifts from its label, and an empty cell is a combination no trial ran. Trials measured under
+    contention (host load above its CPUs) are left out."""
     if scored.empty or "train_img_per_s" not in scored or "mining" not in scored:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4))
-    hue = "batch" if "batch" in scored else None
-    hue_order = scored.sort_values("batch_size")["batch"].unique() if hue else None
-    sns.barplot(
-        scored,
-        x="mining",
-        y="train_img_per_s",
-        hue=hue,
-        hue_order=hue_order,
-        order=sorted(scored["mining"].unique()),
-        errorbar="sd",
+    d = scored.dropna(subset=["train_img_per_s"])
+    if "contended" in d:
+        d = d[~d["contended"].fillna(False).astype(bool)]
+    if d.empty:
+        return None
+    cols = "batch" if "batch" in d else None
+    if cols is None:
+        d = d.assign(batch="all")
+        cols = "batch"
+    order = (
+        d.sort_values(["batch_size", "batch_p"])["batch"].unique()
+        if "batch_size" in d
+        else sorted(d["batch"].unique())
+    )
+    grid = d.pivot_table(index="mining", columns=cols, values="train_img_per_s", aggfunc="mean")
+    grid = grid.reindex(columns=[c for c in order if c in grid.columns]).sort_index()
+    counts = d.pivot_table(index="mining", columns=cols, values="train_img_per_s", aggfunc="count")
+    counts = counts.reindex(index=grid.index, columns=grid.columns)
+    labels = grid.copy().astype(object)
+    for i in grid.index:
+        for c in grid.columns:
+            v, n = grid.loc[i, c], counts.loc[i, c]
+            labels.loc[i, c] = "" if pd.isna(v) else f"{v:,.0f}\n(n={int(n)})"
+    fig, ax = plt.subplots(figsize=(1.3 * len(grid.columns) + 3, 0.55 * len(grid) + 1.5))
+    sns.heatmap(
+        grid,
+        annot=labels.to_numpy(),
+        fmt="",
+        cmap="viridis",
+        cbar_kws={"label": "train images / s (mean over trials)"},
+        linewidths=0.5,
+        annot_kws={"fontsize": 7},
         ax=ax,
     )
-    ax.set(xlabel="mining strategy", ylabel="train images / s (mean over epochs)")
-    ax.tick_params(axis="x", rotation=30)
-    _legend_outside(ax)
+    ax.set(xlabel="batch P×K", ylabel="mining strategy")
     return fig
 
 
@@ -153,17 +204,30 @@ def pareto_mask(speed: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
 
 def pareto(done: pd.DataFrame) -> Figure | None:
+    """The front over trials measured without contention; contended trials are drawn hollow."""
     if done.empty or "train_img_per_s" not in done:
         return None
     d = done.dropna(subset=["train_img_per_s", "value"]).copy()
     if d.empty:
         return None
-    d["pareto"] = pareto_mask(d["train_img_per_s"].to_numpy(), d["value"].to_numpy())
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.scatterplot(
-        d, x="train_img_per_s", y="value", hue="mining" if "mining" in d else None, ax=ax, alpha=0.7
+    contended = (
+        d["contended"].fillna(False).astype(bool) if "contended" in d else pd.Series(False, index=d.index)
     )
-    front = d[d["pareto"]].sort_values("train_img_per_s")
+    clean = d[~contended].copy()
+    clean["pareto"] = pareto_mask(clean["train_img_per_s"].to_numpy(), clean["value"].to_numpy())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    hue = "mining" if "mining" in d else None
+    hue_order = sorted(d["mining"].unique()) if hue else None
+    sns.scatterplot(clean, x="train_img_per_s", y="value", hue=hue, hue_order=hue_order, ax=ax, alpha=0.8)
+    if contended.any():
+        ax.scatter(
+            d.loc[contended, "train_img_per_s"],
+            d.loc[contended, "value"],
+            facecolors="none",
+            edgecolors="grey",
+            label="measured under host contention",
+        )
+    front = clean[clean["pareto"]].sort_values("train_img_per_s")
     ax.plot(
         front["train_img_per_s"],
         front["value"],

@@ -19,10 +19,18 @@ from harness.data import get_dataset
 from harness.data.base import ImageList
 from harness.data.cache import load_image_cache
 from harness.data.splits import Split, make_split, write_manifest
-from harness.errors import ConfigError, DataError
+from harness.errors import DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
 from harness.models.embedder import Embedder, input_layout
-from harness.study.config import PARAM_DEFAULTS, SHARED_COPIES, StudyConfig, param_values
+from harness.study.config import (
+    PARAM_DEFAULTS,
+    SHARED_COPIES,
+    StudyConfig,
+    check_carve_out,
+    config_warnings,
+    param_values,
+)
+from harness.study.guard import refuse_changed
 from harness.training import FeatureSource, ImageSource, Source, TrialParams
 
 log = logging.getLogger(__name__)
@@ -80,20 +88,20 @@ def prepare(
 
     ``write=False`` leaves the stored split manifest alone (the evaluation compares against it).
     """
+    if write:
+        refuse_changed(cfg)  # before anything is written: a refused config changes nothing
     device = device or resolve_device(cfg.device)
     spec = get_dataset(cfg.dataset)
     root = resolve_root(cfg, allow_download)
     images = spec.load(root, strict_counts=cfg.strict_counts)
     split = make_split(images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed)
-    n_fit = len(split.manifest["classes"]["train"])
     widest = max(param_values(cfg.search_space.get("batch_p", PARAM_DEFAULTS["batch_p"])))
-    if widest > n_fit:
-        raise ConfigError(
-            f"search_space.batch_p reaches {widest}, but only {n_fit} classes are left for training after"
-            f" the validation carve-out; keep batch_p <= {n_fit}"
-        )
+    n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
+    check_carve_out(n_train, cfg.val_fraction, int(widest), cfg.name)
     if write:
         write_manifest(split, cfg.study_dir / "split_manifest.json")
+        for w in config_warnings(cfg, split.manifest):
+            log.warning("study %s: %s", cfg.name, w)
     images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
     features = None

@@ -1,12 +1,17 @@
 """Final evaluation: the chosen configs, re-trained with k seeds on all train classes, on TEST classes.
 
-This is the only code that reads the test split. The configs are the top-N trials by validation
-Recall@1 (each trained for the epoch count at which it peaked on validation) and a fixed reference
-set chosen without looking at any result: the default margin (0.2) with each mining strategy of
-the search space, every other parameter at its default. Every config is trained with the same k
-seeds (default 3), so configs can be compared paired by seed.
+This is the only code that reads the test split. The configs are the top-N distinct trials by
+validation Recall@1 (each trained for the epoch count at which it peaked on validation) and a
+fixed reference set chosen without looking at any result: the default margin (0.2) with each
+mining strategy of the search space, every other parameter at its default. Every config is trained
+with the same k seeds (default 3), so configs can be compared paired by seed.
 
-Writes under results/{study}/:
+The work is cut into units, one per (config, seed) plus the no-training baseline. Each unit writes
+``evaluation/<unit>.json`` (+ ``.npz``, its per-query scores) with the identity of what it ran
+(study uid, split, params, epochs, seed), so units run as parallel jobs (``evaluate_unit``, one
+Snakemake job each) and a rerun after Ctrl-C redoes only the missing ones. ``evaluate_study``
+runs what is missing and gathers everything under results/{study}/:
+
 - ``test_runs.csv``: one row per (config, seed);
 - ``test.csv``: one row per config: mean and 95 % interval of each metric (t over seeds; with one
   seed, a bootstrap over test queries), the no-training baseline first;
@@ -14,18 +19,23 @@ Writes under results/{study}/:
   interval and p-value: paired t over seeds (against the one deterministic baseline run, a
   one-sample t over the seeds' differences); with one seed, a paired bootstrap over test queries;
 - ``test_queries.npz``: per-query R@1 and AP@R of every run, for re-analysis.
+
+Every file carries the ``study_uid`` of the study incarnation it belongs to.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -35,9 +45,17 @@ from harness.errors import HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.evaluation.stats import Interval, bootstrap_interval, paired_bootstrap, paired_t, t_interval
 from harness.models.features import embed_images
-from harness.study.config import PARAM_DEFAULTS, StudyConfig, param_values
+from harness.progress import Progress, duration
+from harness.study.config import (
+    PARAM_DEFAULTS,
+    StudyConfig,
+    evaluation_seeds,
+    evaluation_shard,
+    evaluation_units,
+    param_values,
+)
 from harness.study.data import Prepared, TrunkPool, build_model, final_sources, prepare, resolve_device
-from harness.study.runner import load_study, study_uid, tracker_for
+from harness.study.runner import check_writable, load_study, study_uid, tracker_for
 from harness.training import TrialParams, evaluate_source, train
 
 log = logging.getLogger(__name__)
@@ -45,6 +63,33 @@ BASELINE = "baseline (no triplet training)"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 PER_QUERY = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision")
 COMPARED = ("recall@1", "map@r")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One evaluation run: a config trained with one seed and scored on the test classes."""
+
+    key: str  # file name under evaluation/: baseline, top2-s1, ref-semihard-s0
+    label: str  # the config's name in the tables: "trial 16", "reference semihard m=0.2", BASELINE
+    kind: str  # baseline | top | reference
+    rank: int
+    trial: int
+    val_r1: float
+    params: TrialParams | None  # None: the baseline
+    epochs: int
+    seed: int
+
+    def identity(self, uid: str, split: str) -> dict[str, Any]:
+        """What a stored result must match to be reused."""
+        return {
+            "uid": uid,
+            "split": split,
+            "key": self.key,
+            "label": self.label,
+            "params": None if self.params is None else asdict(self.params),
+            "epochs": self.epochs,
+            "seed": self.seed,
+        }
 
 
 def baseline_embeddings(prep: Prepared, device: torch.device) -> torch.Tensor:
@@ -73,6 +118,241 @@ def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     base = PARAM_DEFAULTS | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
     minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
     return [TrialParams(**(base | {"mining": m})) for m in minings]
+
+
+def top_trials(cfg: StudyConfig, study: optuna.Study) -> list[FrozenTrial]:
+    """The top-N complete trials by validation R@1, one per distinct config (params and epochs)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        raise HarnessError(f"study {cfg.name!r} has no complete trials; run the study first")
+    seen: set[str] = set()
+    top = []
+    for t in sorted(done, key=lambda t: (-float(t.value or 0.0), t.number)):
+        config = json.dumps([asdict(trial_params(t, cfg)), _epochs(t, cfg)], sort_keys=True)
+        if config in seen:
+            continue
+        seen.add(config)
+        top.append(t)
+        if len(top) == int(cfg.evaluate["top_n"]):
+            break
+    if len(top) < int(cfg.evaluate["top_n"]):
+        log.warning(
+            "study %s: only %d distinct complete configs for evaluate.top_n = %d",
+            cfg.name,
+            len(top),
+            cfg.evaluate["top_n"],
+        )
+    return top
+
+
+def _epochs(t: FrozenTrial, cfg: StudyConfig) -> int:
+    return int(t.user_attrs.get("best_epoch") or cfg.epochs)
+
+
+def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
+    """The units in the order of the tables: baseline, top configs by rank, references."""
+    units = [Unit("baseline", BASELINE, "baseline", 0, -1, math.nan, None, 0, -1)]
+    top = top_trials(cfg, study)
+    refs = reference_params(cfg) if cfg.evaluate["references"] else []
+    for rank, t in enumerate(top, start=1):
+        p, epochs = trial_params(t, cfg), _epochs(t, cfg)
+        units += [
+            Unit(
+                f"top{rank}-s{s}",
+                f"trial {t.number}",
+                "top",
+                rank,
+                t.number,
+                float(t.value or 0),
+                p,
+                epochs,
+                s,
+            )
+            for s in evaluation_seeds(cfg)
+        ]
+    for p in refs:
+        label = f"reference {p.mining} m={p.margin:g}"
+        units += [
+            Unit(f"ref-{p.mining}-s{s}", label, "reference", 0, -1, math.nan, p, int(cfg.epochs), s)
+            for s in evaluation_seeds(cfg)
+        ]
+    return units
+
+
+class Evaluator:
+    """The data, model pool and MLflow parent run that a study's units share in one process."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        self.study = load_study(cfg)
+        check_writable(cfg)  # before minutes of training, not after
+        self.uid = study_uid(self.study)
+        self.device = resolve_device(cfg.device)
+        self.prep = prepare(cfg, self.device, write=False)
+        self.split = _check_protocol(cfg, self.prep, self.study)
+        self.trainval_src, self.test_src = final_sources(self.prep, self.device, int(cfg.evaluate["seed"]))
+        self.tracker = tracker_for(cfg)
+        self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
+        self.pool = TrunkPool(cfg, self.device)
+        self.dir = cfg.study_dir / "evaluation"
+
+    def stored(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """A unit's stored row and per-query scores, if they are of this exact unit."""
+        path = self.dir / f"{unit.key}.json"
+        try:
+            body = json.loads(path.read_text())
+            if body.get("identity") != unit.identity(self.uid, self.split):
+                return None
+            with np.load(self.dir / f"{unit.key}.npz") as z:
+                return body["row"], {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def run(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]]:
+        """Train (or, for the baseline, embed) and score on the test classes; store the result."""
+        cfg, device = self.cfg, self.device
+        q: dict[str, np.ndarray] = {}
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {
+            "config": unit.label,
+            "kind": unit.kind,
+            "rank": unit.rank,
+            "trial": unit.trial,
+        }
+        if unit.params is None:
+            m = retrieval_metrics(
+                baseline_embeddings(self.prep, device),
+                self.prep.images.labels[self.prep.split.test],
+                distance="cosine",
+                nmi=True,
+                per_query=q,
+            )
+            row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0}
+            params = {"backbone": cfg.backbone, "distance": "cosine"}
+            name, tags = "test-baseline", {"harness.kind_of_config": "baseline"}
+        else:
+            p = unit.params
+            log.info(
+                "%s (%s), seed %d: %d epochs on all train classes", unit.label, p, unit.seed, unit.epochs
+            )
+            torch.manual_seed(unit.seed)
+            self.trainval_src.reseed(unit.seed)
+            model = build_model(self.prep, p, device, self.pool)
+            history = train(model, p, self.trainval_src, unit.epochs, device, seed=unit.seed)
+            train_s = time.perf_counter() - t0
+            m = evaluate_source(model, self.test_src, p.distance, device, nmi=True, per_query=q)
+            row |= {
+                "seed": unit.seed,
+                "val_recall@1": unit.val_r1,
+                "epochs": unit.epochs,
+                **asdict(p),
+                "train_s": train_s,
+                "train_img_per_s": history[-1]["train_img_per_s"],
+                "images_processed": history[-1]["images_processed"],
+            }
+            params = asdict(p) | {"epochs": unit.epochs, "seed": unit.seed}
+            name = f"test-{unit.label.replace(' ', '-')}-seed{unit.seed}"
+            tags = {
+                "harness.rank": str(unit.rank),
+                "harness.kind_of_config": unit.kind,
+                "harness.config": unit.label,
+                "harness.seed": str(unit.seed),
+            }
+        row |= {f"test_{k}": v for k, v in m.items()}
+        run = self.tracker.trial_run(
+            self.parent, unit.trial, params, phase="test", name=name, extra_tags=tags
+        )
+        self.tracker.log_metrics(
+            run, {k: float(v) for k, v in row.items() if k.startswith("test_") or k == "train_s"}
+        )
+        self.tracker.end(run, "COMPLETE")
+        self._store(unit, row, q)
+        return row, q
+
+    def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pid = os.getpid()
+        npz = self.dir / f".{unit.key}.{pid}.npz"
+        np.savez_compressed(npz, **q)  # type: ignore[arg-type]
+        npz.replace(self.dir / f"{unit.key}.npz")
+        body = {"identity": unit.identity(self.uid, self.split), "row": row}
+        tmp = self.dir / f".{unit.key}.{pid}.json"
+        tmp.write_text(json.dumps(body, indent=1, default=_json_default))
+        tmp.replace(self.dir / f"{unit.key}.json")  # last: its presence marks the unit done
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(type(v).__name__)
+
+
+def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> str:
+    """The split and the dataset copy must be those the search ran on; returns the split hash."""
+    path = cfg.study_dir / "split_manifest.json"
+    fix = f"harness data prepare --config {cfg.command_path}"
+    if not path.is_file():
+        raise HarnessError(f"{path} is missing; rewrite it with '{fix}' (the config the study ran with)")
+    manifest = json.loads(path.read_text())
+    check_manifest(manifest)
+    searched = study.user_attrs.get("split_hash") or manifest["hash"]
+    now = prep.split.manifest["hash"]
+    if manifest["hash"] != searched:
+        raise HarnessError(
+            f"{path} holds split {manifest['hash']}, but study {cfg.name!r} was searched on split"
+            f" {searched}: the file was overwritten (another config, or by hand); rewrite it with '{fix}'"
+        )
+    if now != searched:
+        raise HarnessError(
+            f"the data in {prep.images.image_dir.parent} gives split {now}, but study {cfg.name!r} was"
+            f" searched on split {searched}; evaluate with the dataset and val_fraction/seed the search used"
+        )
+    stored_fp = study.user_attrs.get("dataset_fingerprint") or manifest.get("dataset_fingerprint")
+    fp = prep.split.manifest.get("dataset_fingerprint")
+    if stored_fp and fp != stored_fp:
+        raise HarnessError(
+            f"the dataset at {prep.images.image_dir.parent} is not the copy study {cfg.name!r} was searched"
+            " on"
+            f" (dataset fingerprint {fp}, searched on {stored_fp}: other files, labels or file sizes);"
+            " point data_root at the copy the search used"
+        )
+    return str(searched)
+
+
+def run_units(cfg: StudyConfig, keys: list[str], ev: Evaluator | None = None) -> dict[str, tuple[dict, dict]]:
+    """Run the given units, unless a stored result is already that unit (a rerun after Ctrl-C, or
+    another shard): one Snakemake job runs a shard of them, ``evaluate_study`` the rest."""
+    ev = ev or Evaluator(cfg)
+    known = evaluation_units(cfg)
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise HarnessError(f"unknown evaluation run {unknown[0]!r}; this study has: {', '.join(known)}")
+    units = {u.key: u for u in plan(cfg, ev.study)}
+    chosen = [units[k] for k in keys if k in units]  # a rank beyond the distinct configs: skipped
+    results: dict[str, tuple[dict, dict]] = {}
+    todo = []
+    for u in chosen:
+        got = ev.stored(u)
+        if got is None:
+            todo.append(u)
+        else:
+            results[u.key] = got
+    if results:
+        log.info("evaluate %s: %d of %d runs already done, reused", cfg.name, len(results), len(chosen))
+    progress = Progress(f"evaluate {cfg.name}", len(todo), "runs", every=0)
+    for u in todo:
+        t0 = time.perf_counter()
+        results[u.key] = ev.run(u)
+        r1 = results[u.key][0]["test_recall@1"]
+        seed = f", seed {u.seed}" if u.params is not None else ""
+        took = duration(time.perf_counter() - t0)
+        progress.update(note=f"{u.key}: {u.label}{seed}: test R@1 {r1:.4f} in {took}")
+    return results
+
+
+def evaluate_shard(cfg: StudyConfig, shard: int) -> None:
+    """Shard ``shard`` of ``evaluate.jobs`` (one Snakemake job)."""
+    run_units(cfg, evaluation_shard(cfg, shard))
 
 
 def _summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], cfg: StudyConfig) -> dict:
@@ -123,164 +403,59 @@ def _compare(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConf
     return out
 
 
-def _check_split(cfg: StudyConfig, prep: Prepared, searched: str | None) -> None:
-    manifest = json.loads((cfg.study_dir / "split_manifest.json").read_text())
-    check_manifest(manifest)
-    searched = searched or manifest["hash"]
-    if prep.split.manifest["hash"] != searched or manifest["hash"] != searched:
-        raise HarnessError(
-            f"study {cfg.name!r} was searched on split {searched}, but the data now gives"
-            f" {prep.split.manifest['hash']}; evaluate with the dataset and split the search used"
-        )
-
-
 def evaluate_study(cfg: StudyConfig) -> pd.DataFrame:
-    study = load_study(cfg)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
-        raise HarnessError(f"study {cfg.name!r} has no complete trials; run the study first")
-    top = sorted(done, key=lambda t: float(t.value or 0.0), reverse=True)[: int(cfg.evaluate["top_n"])]
-    device = resolve_device(cfg.device)
-    prep = prepare(cfg, device, write=False)
-    _check_split(cfg, prep, study.user_attrs.get("split_hash"))
-    first_seed = int(cfg.evaluate["seed"])
-    seeds = [first_seed + i for i in range(int(cfg.evaluate["seeds"]))]
-    trainval_src, test_src = final_sources(prep, device, first_seed)
-    tracker = tracker_for(cfg)
-    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
-    pool = TrunkPool(cfg, device)
+    """Run the units that are missing (or stale), then gather every unit into the result files."""
+    ev = Evaluator(cfg)
+    units = plan(cfg, ev.study)
+    results = run_units(cfg, [u.key for u in units], ev)
+    return gather(cfg, ev, units, results)
 
-    # (label, kind, rank, trial number, validation R@1, params, epochs)
-    configs = [
-        (
-            f"trial {t.number}",
-            "top",
-            rank,
-            t.number,
-            t.value,
-            trial_params(t, cfg),
-            int(t.user_attrs.get("best_epoch") or cfg.epochs),
-        )
-        for rank, t in enumerate(top, start=1)
-    ]
-    if cfg.evaluate["references"]:
-        configs += [
-            (f"reference {p.mining} m={p.margin:g}", "reference", 0, -1, float("nan"), p, int(cfg.epochs))
-            for p in reference_params(cfg)
-        ]
 
-    queries: dict[str, list[dict]] = {}
+def gather(
+    cfg: StudyConfig, ev: Evaluator, units: list[Unit], results: dict[str, tuple[dict, dict[str, np.ndarray]]]
+) -> pd.DataFrame:
     by_seed: dict[str, list[dict]] = {}
-
-    t0 = time.perf_counter()
-    base_q: dict[str, np.ndarray] = {}
-    base = retrieval_metrics(
-        baseline_embeddings(prep, device),
-        prep.images.labels[prep.split.test],
-        distance="cosine",
-        nmi=True,
-        per_query=base_q,
-    )
-    base_row: dict[str, Any] = {
-        "config": BASELINE,
-        "kind": "baseline",
-        "rank": 0,
-        "trial": -1,
-        "seed": -1,
-        "epochs": 0,
-        "eval_s": time.perf_counter() - t0,
-        **{f"test_{k}": v for k, v in base.items()},
-    }
-    queries[BASELINE], by_seed[BASELINE] = [base_q], [base_row]
-    run = tracker.trial_run(
-        parent,
-        -1,
-        {"backbone": cfg.backbone, "distance": "cosine"},
-        phase="test",
-        name="test-baseline",
-        extra_tags={"harness.kind_of_config": "baseline"},
-    )
-    tracker.log_metrics(run, {k: float(v) for k, v in base_row.items() if k.startswith("test_")})
-    tracker.end(run, "COMPLETE")
-
-    for label, kind, rank, number, val_r1, params, epochs in configs:
-        for seed in seeds:
-            log.info("%s (%s), seed %d: %d epochs on all train classes", label, params, seed, epochs)
-            torch.manual_seed(seed)
-            trainval_src.reseed(seed)
-            model = build_model(prep, params, device, pool)
-            t1 = time.perf_counter()
-            history = train(model, params, trainval_src, epochs, device, seed=seed)
-            train_s = time.perf_counter() - t1
-            q: dict[str, np.ndarray] = {}
-            m = evaluate_source(model, test_src, params.distance, device, nmi=True, per_query=q)
-            row = {
-                "config": label,
-                "kind": kind,
-                "rank": rank,
-                "trial": number,
-                "seed": seed,
-                "val_recall@1": val_r1,
-                "epochs": epochs,
-                **vars(params),
-                "train_s": train_s,
-                "train_img_per_s": history[-1]["train_img_per_s"],
-                "images_processed": history[-1]["images_processed"],
-                **{f"test_{k}": v for k, v in m.items()},
-            }
-            queries.setdefault(label, []).append(q)
-            by_seed.setdefault(label, []).append(row)
-            name = f"test-{label.replace(' ', '-')}-seed{seed}"
-            run = tracker.trial_run(
-                parent,
-                number,
-                vars(params) | {"epochs": epochs, "seed": seed},
-                phase="test",
-                name=name,
-                extra_tags={
-                    "harness.rank": str(rank),
-                    "harness.kind_of_config": kind,
-                    "harness.config": label,
-                    "harness.seed": str(seed),
-                },
-            )
-            tracker.log_metrics(
-                run, {k: v for k, v in row.items() if k.startswith("test_") or k == "train_s"}
-            )
-            tracker.end(run, "COMPLETE")
-
-    summary = [_summary_row(BASELINE, "baseline", by_seed[BASELINE], queries[BASELINE], cfg)]
-    summary[0] |= {"rank": 0, "trial": -1, "val_recall@1": float("nan"), "epochs": 0}
-    for label, kind, rank, number, val_r1, params, epochs in configs:
-        row = _summary_row(label, kind, by_seed[label], queries[label], cfg)
-        summary.append(
-            row | {"rank": rank, "trial": number, "val_recall@1": val_r1, "epochs": epochs, **vars(params)}
-        )
-    best = configs[0][0]
+    queries: dict[str, list[dict]] = {}
+    for u in units:
+        row, q = results[u.key]
+        by_seed.setdefault(u.label, []).append(row)
+        queries.setdefault(u.label, []).append(q)
+    first: dict[str, Unit] = {}  # label -> its first unit, for the per-config columns
+    for u in units:
+        first.setdefault(u.label, u)
+    summary = []
+    for label, u in first.items():
+        row = _summary_row(label, u.kind, by_seed[label], queries[label], cfg)
+        row |= {"rank": u.rank, "trial": u.trial, "val_recall@1": u.val_r1, "epochs": u.epochs}
+        if u.params is not None:
+            row |= asdict(u.params)
+        summary.append(row)
+    best = next(u.label for u in units if u.kind == "top")
     comparisons = [
         c
-        for label, kind, *_ in configs
-        if kind == "reference"
+        for label, u in first.items()
+        if u.kind == "reference"
         for c in _compare(best, label, by_seed, queries, cfg)
     ]
     comparisons += _compare(best, BASELINE, by_seed, queries, cfg)
 
+    uid = ev.uid
     runs = [row for rows in by_seed.values() for row in rows]  # baseline first, then configs in order
-    _write_csv(pd.DataFrame(runs), cfg.study_dir / "test_runs.csv")
-    _write_csv(pd.DataFrame(comparisons), cfg.study_dir / "comparisons.csv")
-    np.savez_compressed(
-        cfg.study_dir / "test_queries.npz",
-        **{
-            f"{label}|seed{r['seed']}|{m}": q[m]
-            for label in queries
-            for r, q in zip(by_seed[label], queries[label])
-            for m in ("recall@1", "map@r")
-        },
-    )
-    df = pd.DataFrame(summary)
-    _write_csv(df, cfg.study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
+    study_dir = cfg.study_dir
+    _write_csv(pd.DataFrame(runs).assign(study_uid=uid), study_dir / "test_runs.csv")
+    _write_csv(pd.DataFrame(comparisons).assign(study_uid=uid), study_dir / "comparisons.csv")
+    arrays = {
+        f"{label}|seed{r['seed']}|{m}": q[m]
+        for label in queries
+        for r, q in zip(by_seed[label], queries[label], strict=True)
+        for m in ("recall@1", "map@r")
+    }
+    arrays["study_uid"] = np.array(uid)
+    np.savez_compressed(study_dir / "test_queries.npz", **arrays)  # type: ignore[arg-type]
+    df = pd.DataFrame(summary).assign(study_uid=uid)
+    _write_csv(df, study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
     for name in ("test_runs.csv", "comparisons.csv"):
-        tracker.log_file(parent, cfg.study_dir / name, "evaluation")
+        ev.tracker.log_file(ev.parent, study_dir / name, "evaluation")
     return df
 
 

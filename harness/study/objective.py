@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import torch
 
+from harness.progress import duration
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
 from harness.study.data import Prepared, TrunkPool, build_model, hpo_sources
 from harness.study.storage import OWNER_ATTR, owner_record
@@ -22,6 +23,7 @@ from harness.training import TrainingDiverged, TrialParams, train
 from harness.training.checkpoint import TrialCheckpoint
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("harness.progress")
 
 INT_PARAMS = {"batch_p", "batch_k", "embedding_dim", "refresh_every"}
 ORDER = ("margin", "batch_p", "batch_k", "distance", "mining", "lr", "embedding_dim", "weight_decay")
@@ -56,9 +58,11 @@ class Objective:
         device: torch.device,
         tracker: Tracker | None = None,
         parent_run: str | None = None,
+        uid: str | None = None,
     ) -> None:
         self.cfg, self.prep, self.device = cfg, prep, device
         self.tracker, self.parent_run = tracker, parent_run
+        self.uid = uid  # the study incarnation: checkpoints and events of another are never mixed in
         self.train_src, self.val_src = hpo_sources(prep, device)
         self.pool = TrunkPool(cfg, device)  # the worker's one trunk (and compiled graph) for all trials
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
@@ -68,7 +72,13 @@ class Objective:
 
     def _event(self, number: int, event: str, **extra: Any) -> None:
         """One line per start / resume / end in trials/<number>/events.jsonl: who ran what, when."""
-        line = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        line = {
+            "event": event,
+            "uid": self.uid,
+            "time": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         path = self.trial_dir(number) / "events.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
@@ -87,9 +97,11 @@ class Objective:
         seed = self.cfg.seed + int(system.get("failed_trial", trial.number))
         trial.set_user_attr("seed", seed)
         ckpt_on = bool(self.cfg.fault_tolerance["checkpoints"])
-        checkpoint = TrialCheckpoint(self.trial_dir(trial.number) / "checkpoint.pt")
+        checkpoint = TrialCheckpoint(self.trial_dir(trial.number) / "checkpoint.pt", self.uid)
         # newest first: a retry that died before its first epoch left no checkpoint of its own
-        ancestors = [TrialCheckpoint(self.trial_dir(n) / "checkpoint.pt") for n in reversed(retry_history)]
+        ancestors = [
+            TrialCheckpoint(self.trial_dir(n) / "checkpoint.pt", self.uid) for n in reversed(retry_history)
+        ]
         resume, source_trial = None, None
         for number, ckpt in zip(reversed(retry_history), ancestors, strict=True):
             resume = ckpt.load() if ckpt_on else None
@@ -114,9 +126,22 @@ class Objective:
             self.tracker.log_json(run, self.cfg.to_dict(), "study_config.json")
         best = {"value": -math.inf, "epoch": 0}
         history: list[dict[str, float]] = []
+        epochs = self.cfg.epochs
+        clock = {"start": time.perf_counter(), "first": 0}  # ETA from the epochs this process ran
 
         def on_epoch(epoch: int, stats: dict[str, float]) -> None:
             history.append(stats)
+            ran = epoch - clock["first"]
+            left = (time.perf_counter() - clock["start"]) / max(ran, 1) * (epochs - epoch)
+            progress_log.info(
+                "trial %d: epoch %d/%d, val R@1 %.4f, %s img/s; ETA %s",
+                trial.number,
+                epoch,
+                epochs,
+                stats["val_recall@1"],
+                f"{stats['train_img_per_s']:,.0f}",
+                duration(left),
+            )
             if run is not None:
                 self.tracker.log_metrics(run, stats, step=epoch)  # type: ignore[union-attr]
             r1 = stats["val_recall@1"]
@@ -147,6 +172,7 @@ class Objective:
             if resume is not None:
                 for h in resume["history"]:  # the pruner and MLflow see the epochs done before the kill
                     on_epoch(int(h["epoch"]), h)
+                clock.update(start=time.perf_counter(), first=int(resume["epoch"]))
             train(
                 model,
                 params,
@@ -169,12 +195,21 @@ class Objective:
             state = "DIVERGED"
             return math.nan  # Optuna records FAIL and the study goes on
         finally:
-            if state != "FAIL":  # finished for good: its checkpoints are no longer needed
-                checkpoint.remove()
-                for ckpt in ancestors:
-                    ckpt.remove()
-            self._event(trial.number, "end", state="FAIL" if state == "DIVERGED" else state)
-            self._summarise(trial, history, best, run, "FAIL" if state == "DIVERGED" else state)
+            # Every exit path ends the trial's records; on a full disk these writes may fail too,
+            # and must not hide the error that ended the trial (the next sweep closes what is left).
+            final = "FAIL" if state == "DIVERGED" else state
+            try:
+                if state != "FAIL":  # finished for good: its checkpoints are no longer needed
+                    checkpoint.remove()
+                    for ckpt in ancestors:
+                        ckpt.remove()
+                self._event(trial.number, "end", state=final)
+            except OSError as e:
+                log.warning("trial %d: could not write its end event (%s)", trial.number, e)
+            try:
+                self._summarise(trial, history, best, run, final)
+            except Exception as e:
+                log.warning("trial %d: could not end its records or MLflow run (%s)", trial.number, e)
         return best["value"]
 
     def _summarise(
@@ -187,6 +222,8 @@ class Objective:
                 "images_processed": history[-1]["images_processed"],
                 "active_fraction": history[-1]["active_fraction"],
                 "epochs_run": len(history),
+                "host_load": max(h.get("host_load", float("nan")) for h in history),
+                "host_cpus": history[-1].get("host_cpus", float("nan")),
                 # validation R@1 against compute spent: offline mining's whole-set passes count
                 "curve": [[h["images_processed"], h["val_recall@1"]] for h in history],
             }

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 import warnings
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +31,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import ConfigError, HarnessError
-from harness.study.config import StudyConfig
+from harness.errors import HarnessError
+from harness.study.config import StudyConfig, config_warnings, write_config
 from harness.study.data import prepare, resolve_device
+from harness.study.guard import changed_error, n_finished, refuse_changed, stored_study
 from harness.study.objective import Objective
+from harness.study.sampler import make_sampler
 from harness.study.storage import BudgetLock, budget_lock, open_storage
 from harness.tracking import Tracker
+from harness.tracking.mlflow_tracker import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +77,13 @@ class StaleTrialHandler:
 
 def check_writable(cfg: StudyConfig) -> None:
     """Fail before the first trial, not in the middle of one, when results cannot be written."""
-    dirs = {cfg.study_dir}
+    dirs = [cfg.study_dir]
     if cfg.storage_url.startswith("journal:"):
-        dirs.add(Path(cfg.storage_url.removeprefix("journal:")).parent)
-    for d in sorted(dirs):
+        dirs.append(Path(cfg.storage_url.removeprefix("journal:")).parent)
+    db = sqlite_path(cfg.tracking_uri)
+    if db is not None:
+        dirs.append(db.parent)  # SQLite writes its journal files beside the database
+    for d in dict.fromkeys(dirs):  # the study's own folder first: the one the message names
         try:
             d.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-"):
@@ -93,12 +102,10 @@ def storage_for(cfg: StudyConfig) -> optuna.storages.BaseStorage:
     )
 
 
-def _sampler(cfg: StudyConfig, worker: int) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """Seeded per trial number: workers, resumes and raised budgets never repeat a draw."""
     s = cfg.sampler
-    seed = int(s.get("seed", 0)) + worker  # distinct streams per worker, reproducible per worker
-    if s["name"] == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(s.get("n_startup_trials", 8)))
+    return make_sampler(s["name"], int(s.get("seed", 0)), int(s.get("n_startup_trials", 8)))
 
 
 def _pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -114,26 +121,19 @@ def tracker_for(cfg: StudyConfig) -> Tracker:
     return Tracker(cfg.tracking_uri, cfg.name, cfg.results / "mlartifacts")
 
 
-def _changed(cfg: StudyConfig) -> ConfigError:
-    return ConfigError(
-        f"study {cfg.name!r} already exists in {cfg.storage_url} with a different search space or"
-        " protocol; rename the study (name:) or delete its storage"
-    )
-
-
 def load_study(cfg: StudyConfig, worker: int = 0) -> optuna.Study:
     """Open an existing study; refuse it when it was created with another search space/protocol."""
     storage = storage_for(cfg)
     try:
         study = optuna.load_study(
-            study_name=cfg.name, storage=storage, sampler=_sampler(cfg, worker), pruner=_pruner(cfg)
+            study_name=cfg.name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg)
         )
     except KeyError:
         raise HarnessError(
             f"study {cfg.name!r} does not exist in {cfg.storage_url}; run 'harness study create' first"
         ) from None
     if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
-        raise _changed(cfg)
+        raise changed_error(cfg, study)
     return study
 
 
@@ -143,34 +143,43 @@ def study_uid(study: optuna.Study) -> str:
 
 
 def create(cfg: StudyConfig) -> dict:
-    """Create (or re-open) the study and its MLflow parent run; refuse a changed search space."""
+    """Create (or re-open) the study and its MLflow parent run; refuse a changed search space.
+
+    Under the study's lock, so two first runs at once make one study with one uid."""
+    refuse_changed(cfg)
     check_writable(cfg)
     storage = storage_for(cfg)
-    try:  # an existing study is checked before anything is written to it
-        study = optuna.load_study(
-            study_name=cfg.name, storage=storage, sampler=_sampler(cfg, 0), pruner=_pruner(cfg)
-        )
-    except KeyError:
-        study = optuna.create_study(
-            study_name=cfg.name,
-            storage=storage,
-            direction="maximize",
-            sampler=_sampler(cfg, 0),
-            pruner=_pruner(cfg),
-            load_if_exists=True,  # another process may create it between our load and create
-        )
-    stored = study.user_attrs.get("space_hash")
-    if stored is None:
-        study.set_user_attr("space_hash", cfg.space_hash())
-        study.set_user_attr("uid", uuid.uuid4().hex[:12])
-        study.set_user_attr("config", cfg.to_dict())
-        study.set_user_attr("split_hash", _manifest_hash(cfg))
-    elif stored != cfg.space_hash():
-        raise _changed(cfg)
+    with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
+        try:  # an existing study is checked before anything is written to it
+            study = optuna.load_study(
+                study_name=cfg.name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg)
+            )
+        except KeyError:
+            study = optuna.create_study(
+                study_name=cfg.name,
+                storage=storage,
+                direction="maximize",
+                sampler=_sampler(cfg),
+                pruner=_pruner(cfg),
+                load_if_exists=True,  # another process (without our lock: another RDB) may create it
+            )
+        stored = study.user_attrs.get("space_hash")
+        if stored is None:
+            manifest = _manifest(cfg)
+            study.set_user_attr("space_hash", cfg.space_hash())
+            study.set_user_attr("uid", uuid.uuid4().hex[:12])
+            study.set_user_attr("config", cfg.to_dict())
+            study.set_user_attr("split_hash", manifest.get("hash"))
+            study.set_user_attr("dataset_fingerprint", manifest.get("dataset_fingerprint"))
+        elif stored != cfg.space_hash():
+            raise changed_error(cfg, study)
+    for w in config_warnings(cfg, _manifest(cfg)):
+        log.warning("study %s: %s", cfg.name, w)
     tracker = tracker_for(cfg)  # initialise the MLflow schema once, before workers start
     parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     info = {
         "study": cfg.name,
+        "uid": study_uid(study),
         "storage": cfg.storage_url,
         "space_hash": cfg.space_hash(),
         "mlflow_uri": cfg.tracking_uri,
@@ -181,9 +190,66 @@ def create(cfg: StudyConfig) -> dict:
     return info
 
 
-def _manifest_hash(cfg: StudyConfig) -> str | None:
+def freeze(cfg: StudyConfig, path: Path) -> None:
+    """Write the frozen config the pipeline's later rules read, unless the stored study refuses it."""
+    refuse_changed(cfg)
+    write_config(cfg, path)
+
+
+# What a study owns under results/{study}/, set aside together by ``delete``.
+DERIVED = (
+    "optuna.journal",
+    "optuna.journal.lock",
+    "optuna.journal.budget.lock",
+    "study.json",
+    "split_manifest.json",
+    "config.yaml",
+    "trials",
+    "evaluation",
+    "test.csv",
+    "test_runs.csv",
+    "comparisons.csv",
+    "test_queries.npz",
+    "report",
+    "workers",
+)
+
+
+def delete_study(cfg: StudyConfig, force: bool = False) -> Path | None:
+    """Set a study aside so its name can be used again: nothing is lost.
+
+    The journal and every file derived from it move to ``results/{study}/attic/<uid>-<time>/``; on an
+    RDB storage the study is deleted there (its trials are first exported to the attic as CSV).
+    A study with finished trials needs ``force``. Returns the attic folder (None: no such study).
+    """
+    study = stored_study(cfg)
+    if study is None:
+        raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
+    n = n_finished(study)
+    if n and not force:
+        raise HarnessError(
+            f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway (it"
+            f" moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config {cfg.command_path}"
+            " --force'"
+        )
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    uid = study_uid(study)
+    attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
+    attic.mkdir(parents=True)
+    if not cfg.storage_url.startswith("journal:"):
+        study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
+        optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+    for name in DERIVED:
+        src = cfg.study_dir / name
+        if src.exists():
+            shutil.move(str(src), str(attic / name))
+    log.info("study %s (uid %s, %d finished trials) set aside in %s", cfg.name, uid, n, attic)
+    return attic
+
+
+def _manifest(cfg: StudyConfig) -> dict:
     path = cfg.study_dir / "split_manifest.json"
-    return json.loads(path.read_text())["hash"] if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def counts(study: optuna.Study) -> Counter:
@@ -205,15 +271,85 @@ def diverged(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def sweep(study: optuna.Study) -> None:
-    """Fail and re-queue trials of dead workers; every worker may do this at any time."""
+def sweep(study: optuna.Study, cfg: StudyConfig | None = None) -> None:
+    """Fail and re-queue trials of dead workers; every worker may do this at any time.
+
+    With ``cfg``, also re-queue an interrupted trial whose own re-queue did not happen (its worker
+    was stopped by a full disk, or died between marking it FAIL and queuing its retry)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if cfg is None:
+        return
+    trials = study.get_trials(deepcopy=False)
+    # every retry lists the whole chain it continues (failed_trial names only the chain's first)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    max_retry = int(cfg.fault_tolerance["max_retry"])
+    for t in trials:
+        if (
+            t.state == TrialState.FAIL
+            and "fail_reason" not in t.user_attrs  # diverged or crashed: a retry would fail again
+            and t.number not in retried
+            and len(t.system_attrs.get("retry_history", [])) < max_retry
+        ):
+            log.warning("trial %d was interrupted but not re-queued; re-queuing it now", t.number)
+            StaleTrialHandler(cfg)(study, t)
 
 
 class Interrupted(HarnessError):
-    """The worker got SIGTERM (SLURM time limit, scancel)."""
+    """The worker got SIGTERM (SLURM time limit, scancel) or SIGINT (Ctrl-C)."""
+
+
+class WorkerStopped(Exception):
+    """A trial could not go on for a reason outside it (a full disk, a vanished file): re-queue it."""
+
+    def __init__(self, trial: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.trial, self.error = trial, error
+
+
+RESOURCE_WORDS = (
+    "disk is full",
+    "disk i/o error",
+    "readonly database",
+    "unable to open database",
+    "no space",
+)
+
+
+def resource_error(e: BaseException) -> bool:
+    """Errors of the machine, not of the trial: the same trial succeeds once they are fixed."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return any(
+        k in text
+        for k in (
+            "disk is full",
+            "disk i/o error",
+            "readonly database",
+            "unable to open database",
+            "no space",
+        )
+    )
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}{f' ({e.filename})' if e.filename else ''}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def signal_name(e: KeyboardInterrupt) -> str:
+    """KeyboardInterrupt() from Ctrl-C has no text; ours carry 'signal N'."""
+    text = str(e)
+    if text.startswith("signal "):
+        try:
+            return signal.Signals(int(text.split()[1])).name
+        except ValueError:
+            return text
+    return "SIGINT (Ctrl-C)"
 
 
 class _Signals:
@@ -250,7 +386,7 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     n_trials = cfg.budget["n_trials"] or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, worker)
     check_writable(cfg)
-    sweep(study)
+    sweep(study, cfg)
     if finished(study) >= n_trials:
         log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
         return 0
@@ -258,7 +394,7 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     prep = prepare(cfg, device)
     tracker = tracker_for(cfg)
     parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
-    objective = Objective(cfg, prep, device, tracker, parent)
+    objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
     with _Signals() as signals, budget_lock(cfg.storage_url, cfg.name) as lock:
         try:
             return _loop(cfg, study, objective, worker, n_trials, lock, signals)
@@ -266,12 +402,27 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
             signals.interruptible = False
             requeued = _requeue_interrupted(study, objective, cfg)
             raise Interrupted(
-                f"worker {worker} stopped by {e or 'an interrupt'}"
+                f"worker {worker} stopped by {signal_name(e)}"
                 + (
                     f"; trial {requeued} is re-queued and resumes from its checkpoint"
                     if requeued is not None
                     else ""
                 )
+            ) from None
+        except WorkerStopped as e:
+            try:
+                requeued = _requeue_interrupted(study, objective, cfg)
+            except Exception as again:  # the disk is still full: the next worker's sweep re-queues it
+                log.warning("trial %d: could not re-queue it now (%s)", e.trial, describe(again))
+                requeued = None
+            then = (
+                f"trial {e.trial} is re-queued and resumes from its last checkpoint"
+                if requeued is not None
+                else f"trial {e.trial} will be re-queued by the next worker and resume from its checkpoint"
+            )
+            raise HarnessError(
+                f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space and"
+                f" permissions under {cfg.results}, then rerun: {then}"
             ) from None
 
 
@@ -295,7 +446,7 @@ def _loop(
     while timeout is None or time.perf_counter() - before < timeout:
         signals.check()
         with lock:
-            sweep(study)
+            sweep(study, cfg)
             c = counts(study)
             done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
             if done >= n_trials and not c[TrialState.WAITING]:
@@ -346,10 +497,16 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, s
                 trial.number,
             )
             return
-        except BaseException:
+        except KeyboardInterrupt:
             signals.interruptible = False
             _tell(study, trial, TrialState.FAIL, None)
             raise
+        except Exception as e:
+            signals.interruptible = False
+            if resource_error(e):
+                _tell(study, trial, TrialState.FAIL, None)  # may fail too: then the sweep finds it
+                raise WorkerStopped(trial.number, e) from e
+            raise _crashed(study, trial, objective, e) from e
     if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
         state = TrialState.FAIL  # a diverged trial (the objective returned NaN)
     told = _tell(study, trial, state, value if state == TrialState.COMPLETE else None)
@@ -364,9 +521,28 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, s
         log.warning("Trial %d failed: %s", trial.number, reason)
 
 
+def _crashed(study: optuna.Study, trial: optuna.Trial, objective: Objective, e: Exception) -> HarnessError:
+    """A trial that raised: FAIL for good (a retry would crash the same way), traceback kept."""
+    where = objective.trial_dir(trial.number) / "error.txt"
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text("".join(traceback.format_exception(e)))
+        trial.set_user_attr("fail_reason", f"crashed: {describe(e)}")
+    except Exception as again:
+        log.warning("trial %d: could not record the crash (%s)", trial.number, describe(again))
+    _tell(study, trial, TrialState.FAIL, None)
+    return HarnessError(
+        f"trial {trial.number} crashed: {describe(e)} (traceback in {where}); fix the config, or report"
+        " the traceback if the config is right"
+    )
+
+
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None) -> bool:
     try:
         study.tell(trial, value, state=state)
+    except OSError as e:
+        log.warning("trial %d: could not record %s (%s)", trial.number, state.name, describe(e))
+        return False
     except (UpdateFinishedTrialError, ValueError, RuntimeError) as e:
         log.warning(
             "trial %d: could not record %s (%s); another worker took it over", trial.number, state.name, e

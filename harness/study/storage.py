@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,14 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import HarnessError
+from harness.pipeline import route_optuna_logging
 
 log = logging.getLogger(__name__)
+route_optuna_logging()
 
 HEARTBEAT_ATTR = "harness.heartbeat"  # [trial_id, unix time]
 OWNER_ATTR = "harness.owner"  # {"trial_id", "host", "pid", "pid_start"}
@@ -96,6 +100,153 @@ def owner_is_dead(owner: Any, trial_id: int) -> bool:
     return now is None or (now != "?" and owner.get("pid_start") not in (None, "?", now))
 
 
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+
+class SafeJournalFileBackend(JournalFileBackend):
+    """Optuna's journal file, which never appends after a torn record and repairs one it reads.
+
+    A crash or a full disk in the middle of an append leaves a last line without its newline. Plain
+    Optuna appends the next record to it, and from then on every read fails with a JSONDecodeError.
+    Here, under the journal's own lock, the torn tail is copied aside (``<journal>.torn-<time>``)
+    and cut off before any append. A journal already damaged that way (by another program, or an
+    older harness) is repaired when read: each torn record is set aside, a whole record appended to
+    it is kept, and every other record stays byte for byte where it was.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "\n".join(json.dumps(x, separators=(",", ":")) for x in logs) + "\n"
+        with get_lock_file(self._lock):
+            self._cut_torn_tail()
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def check_tail(self) -> None:
+        """Set a torn last record aside now (and say so), not at the next append. A last line that
+        ends with a newline but does not parse (a whole record appended to a torn one) is silently
+        skipped by Optuna's reader: it is repaired here too."""
+        last = self._last_line()
+        if not last or (last.endswith(b"\n") and _record(last) is not None):
+            return  # the usual case: nothing to repair, nothing written (a read-only copy opens too)
+        with get_lock_file(self._lock):
+            self._cut_torn_tail()
+            last = self._last_line()
+        if last and _record(last) is None:
+            self._repair(0)
+
+    def _last_line(self) -> bytes:
+        with open(self._file_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+        lines = tail.splitlines(keepends=True)
+        return lines[-1] if lines else b""
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        number = log_number_from
+        for attempt in range(2):
+            try:
+                for record in super().read_logs(number):
+                    yield record
+                    number += 1
+                return
+            except ValueError:  # JSONDecodeError, or Optuna's "Invalid log format."
+                if attempt:
+                    raise
+                self._repair(number)
+
+    def _aside(self, data: bytes) -> Path:
+        path = Path(f"{self._file_path}.torn-{_stamp()}")
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def _cut_torn_tail(self) -> None:
+        with open(self._file_path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            start = size
+            while start > 0:  # back to the last newline
+                step = min(start, 1 << 16)
+                f.seek(start - step)
+                chunk = f.read(step)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    start = start - step + i + 1
+                    break
+                start -= step
+            f.seek(start)
+            torn = f.read()
+            aside = self._aside(torn)  # first the copy, then the cut: a failure leaves both intact
+            f.truncate(start)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning(
+            "journal %s: its last record was torn (%d bytes, left by a crash or a full disk); set aside"
+            " in %s, every other record is intact",
+            self._file_path,
+            len(torn),
+            aside,
+        )
+
+    def _repair(self, first_bad: int) -> None:
+        with get_lock_file(self._lock):
+            with open(self._file_path, "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            kept, removed = lines[:first_bad], []
+            for line in lines[first_bad:]:
+                if line.endswith(b"\n") and _record(line) is not None:
+                    kept.append(line)
+                    continue
+                removed.append(line)
+                whole = _whole_suffix(line) if line.endswith(b"\n") else None
+                if whole is not None:
+                    kept.append(whole)
+            if not removed:
+                return  # another process repaired it first
+            aside = self._aside(b"".join(removed))
+            tmp = f"{self._file_path}.repair-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(b"".join(kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._file_path)
+        log.warning(
+            "journal %s: %d torn record(s) found (left by a crash or a full disk); set aside in %s and"
+            " the journal repaired; every whole record is kept",
+            self._file_path,
+            len(removed),
+            aside,
+        )
+
+
+def _record(line: bytes) -> dict | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and "op_code" in value else None
+
+
+def _whole_suffix(line: bytes) -> bytes | None:
+    """A whole record appended to a torn one: the longest suffix of ``line`` that parses."""
+    start = line.find(b"{", 1)
+    while start > 0:
+        if _record(line[start:]) is not None:
+            return line[start:]
+        start = line.find(b"{", start + 1)
+    return None
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """A journal-file storage that takes part in Optuna's heartbeat protocol (see module doc)."""
 
@@ -106,7 +257,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace_period: int,
         on_stale: StaleCallback | None = None,
     ) -> None:
-        super().__init__(JournalFileBackend(path))
+        backend = SafeJournalFileBackend(path)
+        backend.check_tail()
+        super().__init__(backend)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.on_stale = on_stale

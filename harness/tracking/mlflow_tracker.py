@@ -7,26 +7,104 @@ Runs are found by tag before being created, so a retried trial or a rerun reuses
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
+import os
+import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def schema_lock(db: Path) -> Iterator[None]:
+    """One process at a time creates or migrates the schema of an SQLite tracking database.
+
+    MLflow migrates a new database on first use; two processes doing that at once (two first runs
+    in two terminals, N workers starting together) can crash and leave it half-migrated for good.
+    The lock is a file beside the database (MLflow's own lock lives in /tmp, which containers and
+    nodes do not share)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_schema(db: Path) -> None:
+    """Refuse (or, when it holds no run, set aside) a database a crashed migration left behind."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tmp = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+        if not tmp:
+            return
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    finally:
+        con.close()
+    if runs == 0:
+        aside = db.with_name(f"{db.name}.half-migrated-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(db, aside)
+        log.warning(
+            "MLflow database %s was half-migrated (table %s left by an interrupted schema migration) and"
+            " held no runs: set aside in %s; a fresh one is created",
+            db,
+            ", ".join(tmp),
+            aside,
+        )
+        return
+    fixes = [
+        f"ALTER TABLE {t} RENAME TO {t.removeprefix('_alembic_tmp_')}"
+        if t.removeprefix("_alembic_tmp_") not in tables
+        else f"DROP TABLE {t}"
+        for t in tmp
+    ]
+    raise HarnessError(
+        f"MLflow database {db} is half-migrated: table {', '.join(tmp)} was left by an interrupted schema"
+        f" migration, and it holds {runs} runs; back it up, then run: sqlite3 {db} '{'; '.join(fixes)}'"
+        f" && mlflow db upgrade sqlite:///{db} (or move the file aside to start a fresh MLflow database;"
+        " the Optuna study is not affected)"
+    )
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_name = experiment
-        exp = self.client.get_experiment_by_name(experiment)
+        db = sqlite_path(tracking_uri)
+        with schema_lock(db) if db is not None else contextlib.nullcontext():
+            if db is not None:
+                check_schema(db)
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_name = experiment
+            try:
+                exp = self.client.get_experiment_by_name(experiment)  # creates/migrates the schema
+            except MlflowException as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise HarnessError(f"MLflow tracking store {tracking_uri}: {first}") from None
+        self._experiment(exp, experiment, artifact_root)
+
+    def _experiment(self, exp: Any, experiment: str, artifact_root: Path) -> None:
         if exp is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
             try:

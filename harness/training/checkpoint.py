@@ -7,6 +7,7 @@ the same path as one that was never interrupted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -18,17 +19,31 @@ log = logging.getLogger(__name__)
 
 
 class TrialCheckpoint:
-    """One file, replaced whole each time: a crash mid-write leaves the previous epoch readable."""
+    """One file, replaced whole each time: a crash mid-write leaves the previous epoch readable.
 
-    def __init__(self, path: Path) -> None:
+    ``uid`` is the study incarnation that wrote it: a study deleted and re-created reuses trial
+    numbers, and a retry must never resume the old incarnation's trial of the same number.
+    """
+
+    def __init__(self, path: Path, uid: str | None = None) -> None:
         self.path = Path(path)
+        self.uid = uid
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            torch.save(state, tmp)
+            torch.save(state | {"uid": self.uid}, tmp)
             os.replace(tmp, self.path)
+        except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
+            full = _disk_full(self.path.parent)  # before the partial file is removed
+            tmp.unlink(missing_ok=True)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "write failed"
+            if full:
+                raise OSError(
+                    errno.ENOSPC, f"No space left on device (torch.save: {first})", str(self.path)
+                ) from e
+            raise OSError(errno.EIO, f"cannot write the checkpoint ({first})", str(self.path)) from e
         except BaseException:
             tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
             raise
@@ -38,13 +53,31 @@ class TrialCheckpoint:
         if not self.path.is_file():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file must not kill the retry
             log.warning("ignoring unreadable checkpoint %s (%s); training from epoch 1", self.path, e)
             return None
+        if state.get("uid") != self.uid:
+            log.warning(
+                "ignoring checkpoint %s: written by study incarnation %s, not %s; training from epoch 1",
+                self.path,
+                state.get("uid"),
+                self.uid,
+            )
+            return None
+        return state
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path) -> bool:
+    """Less than 1 MiB left for this user on the file system of ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def rng_state(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,28 @@ def evaluate_source(
     metrics["eval_img_per_s"] = len(source) / max(embed_s, 1e-9)
     metrics["eval_s"] = time.perf_counter() - t0
     return metrics
+
+
+def cpus_available() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def host_load(wall0: float, cpu0: float) -> dict[str, float]:
+    """The 1-minute load average against the CPUs this process may use, and how many CPUs the
+    process itself kept busy since (wall0, cpu0): a load above the CPUs means other work competed."""
+    wall = max(time.perf_counter() - wall0, 1e-9)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {
+        "host_load": load,
+        "host_cpus": float(cpus_available()),
+        "cpu_busy": (time.process_time() - cpu0) / wall,
+    }
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -167,6 +190,7 @@ def train(
     for epoch in range(first, epochs + 1):
         model.train()
         offline_s = 0.0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         if miner.offline:
             if pool is None or (epoch - 1) % miner.refresh_every == 0:
                 t0 = time.perf_counter()
@@ -226,6 +250,8 @@ def train(
             "active_fraction": float(active) / max(float(mined), 1.0),
             "triplets_per_step": float(mined) / max(len(batches), 1),
             "images_processed": float(images_seen),
+            # how busy the machine was: throughput measured under contention is flagged in the report
+            **host_load(wall0, cpu0),
         }
         if val_src is not None:
             stats.update(

@@ -25,3 +25,8 @@ def study_config(wildcards):
 def worker_outputs(wildcards):
     n = STUDIES[wildcards.study].workers
     return expand("results/{study}/workers/{worker}.done", study=wildcards.study, worker=range(n))
+
+
+def evaluation_shards(wildcards):
+    n = STUDIES[wildcards.study].evaluate["jobs"]
+    return expand("results/{study}/evaluation/shard-{shard}.done", study=wildcards.study, shard=range(n))

@@ -1,4 +1,4 @@
-# Re-train the top validation configs on all train classes; evaluate them on the test classes.
+# Gather the evaluation shards into test.csv, comparisons.csv, test_runs.csv (runs any run missing).
 from harness.pipeline import rule_logging
 from harness.study.config import load_config
 from harness.study.final import evaluate_study

@@ -1,8 +1,10 @@
-# Write the validated study config next to its results: the input every later rule reads.
+# Write the validated study config next to its results: the input every later rule reads. A config
+# the stored study would refuse is refused here, before anything is overwritten.
 from pathlib import Path
 
 from harness.pipeline import rule_logging
-from harness.study.config import parse_config, write_config
+from harness.study.config import parse_config
+from harness.study.runner import freeze
 
 rule_logging(snakemake.log[0])  # noqa: F821
-write_config(parse_config(snakemake.params.cfg), Path(snakemake.output[0]))  # noqa: F821
+freeze(parse_config(snakemake.params.cfg), Path(snakemake.output[0]))  # noqa: F821

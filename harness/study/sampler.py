@@ -1,0 +1,68 @@
+"""A sampler whose random stream is a function of (seed, trial number), not of the process.
+
+Optuna seeds a sampler once per process, so every new process (a resume, a raised budget, a
+second terminal) replays the first draws of the last one: the same parameter sets are proposed
+again and the budget is wasted. Here the wrapped sampler is re-created for each trial from a seed
+derived from the study's seed and the trial's number. Trial numbers are unique within a study,
+so no two trials share a random stream, and a study run again with the same seed draws the same
+configs in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """Independent streams for neighbouring numbers (a hash, not seed + number)."""
+    return int(np.random.SeedSequence([seed % 2**63, number + 1]).generate_state(1)[0])
+
+
+class TrialSeededSampler(BaseSampler):
+    def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:
+        self.make, self.seed = make, seed
+        self.inner = make(trial_seed(seed, -1))
+
+    def __repr__(self) -> str:
+        return f"TrialSeededSampler({self.inner!r}, seed={self.seed})"
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self.inner = self.make(trial_seed(self.seed, trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Streams are fixed by (seed, trial number); nothing to reseed."""
+
+
+def make_sampler(name: str, seed: int, n_startup_trials: int) -> BaseSampler:
+    if name == "random":
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+    return TrialSeededSampler(
+        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=n_startup_trials), seed
+    )
