@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -501,3 +502,140 @@ def test_config_errors_come_before_heavy_imports(tmp_path: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["2", "False", "False", "False"], r.stdout + r.stderr
+
+
+# --- review findings: races and edge cases -----------------------------------------------------------
+
+
+def _memory_study() -> optuna.Study:
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="maximize")
+    return study
+
+
+def test_an_interrupted_trial_is_requeued_once_however_many_sweeps(data_root: Path, tmp_path: Path) -> None:
+    from harness.study import parse_config
+    from harness.study.runner import INTERRUPTED, sweep
+
+    cfg = parse_config(config(data_root, tmp_path))
+    study = _memory_study()
+    t = study.ask()
+    t.suggest_float("margin", 0.1, 0.3)
+    t.set_user_attr(INTERRUPTED, t.number)
+    study.tell(t, state=TrialState.FAIL)
+    legacy = study.ask()  # a FAIL of an older harness: no mark, never re-queued
+    legacy.suggest_float("margin", 0.1, 0.3)
+    study.tell(legacy, state=TrialState.FAIL)
+    for _ in range(3):
+        sweep(study, cfg)
+    waiting = [x for x in study.get_trials() if x.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].system_attrs["retry_history"] == [0]
+    # the retry inherits its parent's mark; killed in turn (no own mark), only the stale sweep may
+    # re-queue it, never this rule
+    retry = study.ask()
+    assert retry.number == waiting[0].number
+    study.tell(retry, state=TrialState.FAIL)
+    sweep(study, cfg)
+    assert not [x for x in study.get_trials() if x.state == TrialState.WAITING]
+
+
+def test_storage_errors_of_an_rdb_count_as_the_machines(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from harness.study.runner import resource_error
+
+    try:
+        try:
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        except OperationalError as inner:
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit."
+            ) from inner
+    except optuna.exceptions.StorageInternalError as e:
+        assert resource_error(e)
+    assert not resource_error(ValueError("a bad config"))
+
+
+def test_a_heartbeat_on_a_full_disk_does_not_kill_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.study.storage import HeartbeatJournalStorage
+
+    storage = HeartbeatJournalStorage(str(tmp_path / "j.journal"), 1, 4)
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "set_trial_system_attr", full)
+    storage.record_heartbeat(0)  # logs, does not raise
+
+
+def test_the_report_reads_a_numeric_looking_uid_as_text(tmp_path: Path) -> None:
+    from harness.report.build import _this_incarnation
+
+    path = tmp_path / "test.csv"
+    pd.DataFrame({"config": ["a"], "study_uid": ["012e45678901"]}).to_csv(path, index=False)
+    notes: list[str] = []
+    assert _this_incarnation(path, "012e45678901", notes) is not None and not notes
+
+
+def test_a_checkpoint_from_before_uids_still_resumes(tmp_path: Path) -> None:
+    import torch
+
+    from harness.training.checkpoint import TrialCheckpoint
+
+    torch.save({"epoch": 2, "history": []}, tmp_path / "old.pt")
+    assert TrialCheckpoint(tmp_path / "old.pt", uid="abc").load()["epoch"] == 2
+
+
+def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Path) -> None:
+    from harness.study.final import Evaluator, Unit
+    from harness.training import TrialParams
+
+    ev = object.__new__(Evaluator)
+    ev.uid, ev.split, ev.dir = "u1", "s1", tmp_path
+    p = TrialParams(0.2, 8, 4, "cosine", "semihard", 1e-4, 128)
+    first = Unit("top1-s0", "trial 7", "top", 1, 7, 0.5, p, 8, 0)
+    later = Unit("top2-s0", "trial 7", "top", 2, 7, 0.5, p, 8, 0)  # a better trial came in
+    assert ev.path(first) == ev.path(later)
+    ev._store(first, {"test_recall@1": 0.3, "rank": 1}, {"recall@1": np.ones(3)})
+    row, q = ev.stored(later)
+    assert row["rank"] == 2 and row["test_recall@1"] == 0.3 and q["recall@1"].shape == (3,)
+    ev.path(first).write_bytes(b"PK\x03\x04 cut short")  # damaged: run it again, do not crash
+    assert ev.stored(first) is None
+
+
+def test_study_run_refuses_another_copy_of_the_data_before_writing(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = config(data_root, tmp_path, n_trials=1)
+    assert main(["study", "run", "--config", str(write(tmp_path, raw))]) == 0
+    manifest = tmp_path / "results" / NAME / "split_manifest.json"
+    before = manifest.read_bytes()
+    other = make_cub(tmp_path / "other", per_class=4, noise=60.0, seed=7)
+    capsys.readouterr()
+    raw = raw | {"data_root": str(other), "budget": {"n_trials": 2}}
+    msg = one_error_line(
+        main(["study", "run", "--config", str(write(tmp_path, raw))]), capsys.readouterr().err
+    )
+    assert "not the one study" in msg and "left as it was" in msg
+    assert manifest.read_bytes() == before
+
+
+def test_delete_refuses_while_a_trial_runs(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from harness.study.storage import OWNER_ATTR, owner_record
+
+    raw = config(data_root, tmp_path, n_trials=1)
+    path = write(tmp_path, raw)
+    assert main(["study", "run", "--config", str(path)]) == 0
+    study = study_of(tmp_path / "results")
+    t = study.ask()
+    t.set_user_attr(OWNER_ATTR, owner_record(t._trial_id))  # this (live) process owns it
+    assert t.user_attrs[OWNER_ATTR]["pid"] == os.getpid()
+    capsys.readouterr()
+    msg = one_error_line(main(["study", "delete", "--config", str(path), "--force"]), capsys.readouterr().err)
+    assert "1 running trial" in msg and "stop its workers first" in msg
+    assert journal(tmp_path / "results").is_file()

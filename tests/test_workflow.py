@@ -96,6 +96,16 @@ def test_real_run_of_the_test_study(tmp_path: Path) -> None:
     )
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    # a changed protocol is refused before Snakemake deletes any output (the frozen config first)
+    frozen = (study / "config.yaml").read_bytes()
+    changed = tmp_path / "changed.yaml"
+    changed.write_text((tmp_path / "study.yaml").read_text() + "val_fraction: 0.3\n")
+    refused = snakemake(
+        "--cores", "2", "--directory", str(tmp_path), "--configfile", "changed.yaml", cwd=tmp_path
+    )
+    assert refused.returncode != 0
+    assert "val_fraction: stored 0.2, this config 0.3" in refused.stdout + refused.stderr
+    assert (study / "config.yaml").read_bytes() == frozen
     # Snakemake's own report: the study report (with its caption) plus the run's provenance
     rep = snakemake(
         "--directory", str(tmp_path), "--configfile", "study.yaml", "--report", "smk-report.zip", cwd=tmp_path

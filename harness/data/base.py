@@ -47,6 +47,14 @@ class ImageList:
         )
 
     def fingerprint(self) -> str:
+        """Hash of the file list and labels (the identity older split manifests recorded)."""
+        h = hashlib.sha256()
+        h.update(self.dataset.encode())
+        for p, y in zip(self.paths, self.labels.tolist()):
+            h.update(f"{p}\t{y}\n".encode())
+        return h.hexdigest()[:16]
+
+    def files_fingerprint(self) -> str:
         """Hash of the file list, the labels and each file's size: which copy of a dataset this is.
 
         Another copy with the same files is the same dataset wherever it lies; other images under

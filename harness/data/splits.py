@@ -84,6 +84,7 @@ def make_split(
     body = {
         "dataset": images.dataset,
         "dataset_fingerprint": images.fingerprint(),
+        "dataset_files": images.files_fingerprint(),
         "val_fraction": val_fraction,
         "seed": seed,
         "classes": classes,

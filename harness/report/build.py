@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -55,7 +56,7 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
     }
     df["best_val_r1"] = df["number"].map(best).astype(float)
     if "host_load" in df and "host_cpus" in df:
-        df["contended"] = df["host_load"] > df["host_cpus"]
+        df["contended"] = contended(df["host_load"], df["host_cpus"])
     for k, v in cfg.fixed_params.items():  # values fixed in the search space are not Optuna params
         if k not in df:
             df[k] = v
@@ -65,6 +66,12 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
         )
         df["batch_size"] = df["batch_p"] * df["batch_k"]
     return df
+
+
+def contended(load: pd.Series, cpus: pd.Series) -> pd.Series:
+    """A 1-minute load average above the CPUs (with a margin of a quarter of them, at least 0.5: the
+    average lags and counts short-lived helpers) means other work competed with the trial."""
+    return load > cpus + np.maximum(0.5, 0.25 * cpus)
 
 
 def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +97,7 @@ def _this_incarnation(path: Path, uid: str, notes: list[str]) -> pd.DataFrame | 
     """A derived CSV, or None when it is missing or belongs to another incarnation of the study."""
     if not path.is_file():
         return None
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"study_uid": str})  # "012e45..." must not become a number
     found = sorted(set(df["study_uid"].astype(str))) if "study_uid" in df else []
     if found != [uid]:
         was = f"uid {', '.join(found)}" if found else "no study uid: an older harness"

@@ -99,6 +99,7 @@ def prepare(
     n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
     check_carve_out(n_train, cfg.val_fraction, int(widest), cfg.name)
     if write:
+        refuse_changed(cfg, split.manifest)  # another copy of the data must not replace the manifest
         write_manifest(split, cfg.study_dir / "split_manifest.json")
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)

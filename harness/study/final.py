@@ -25,6 +25,7 @@ Every file carries the ``study_uid`` of the study incarnation it belongs to.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -69,7 +70,7 @@ COMPARED = ("recall@1", "map@r")
 class Unit:
     """One evaluation run: a config trained with one seed and scored on the test classes."""
 
-    key: str  # file name under evaluation/: baseline, top2-s1, ref-semihard-s0
+    key: str  # its place in the plan (shards split these): baseline, top2-s1, ref-semihard-s0
     label: str  # the config's name in the tables: "trial 16", "reference semihard m=0.2", BASELINE
     kind: str  # baseline | top | reference
     rank: int
@@ -84,7 +85,6 @@ class Unit:
         return {
             "uid": uid,
             "split": split,
-            "key": self.key,
             "label": self.label,
             "params": None if self.params is None else asdict(self.params),
             "epochs": self.epochs,
@@ -196,17 +196,25 @@ class Evaluator:
         self.pool = TrunkPool(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
 
+    def path(self, unit: Unit) -> Path:
+        """One file per run, named by what it ran (not by its rank, which changes as trials come in)."""
+        body = json.dumps(unit.identity(self.uid, self.split), sort_keys=True)
+        return self.dir / f"run-{hashlib.sha256(body.encode()).hexdigest()[:16]}.npz"
+
     def stored(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]] | None:
         """A unit's stored row and per-query scores, if they are of this exact unit."""
-        path = self.dir / f"{unit.key}.json"
         try:
-            body = json.loads(path.read_text())
-            if body.get("identity") != unit.identity(self.uid, self.split):
-                return None
-            with np.load(self.dir / f"{unit.key}.npz") as z:
-                return body["row"], {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError):
+            with np.load(self.path(unit)) as z:
+                if json.loads(str(z["identity"])) != unit.identity(self.uid, self.split):
+                    return None
+                row = json.loads(str(z["row"]))
+                q = {k.removeprefix("q/"): z[k] for k in z.files if k.startswith("q/")}
+        except FileNotFoundError:
             return None
+        except Exception as e:  # a damaged file (cut short, not a zip): run the unit again
+            log.warning("ignoring evaluation result %s (%s); running it again", self.path(unit), e)
+            return None
+        return row | {"rank": unit.rank, "val_recall@1": unit.val_r1} if unit.params else row, q
 
     def run(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]]:
         """Train (or, for the baseline, embed) and score on the test classes; store the result."""
@@ -270,15 +278,18 @@ class Evaluator:
         return row, q
 
     def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
+        """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        pid = os.getpid()
-        npz = self.dir / f".{unit.key}.{pid}.npz"
-        np.savez_compressed(npz, **q)  # type: ignore[arg-type]
-        npz.replace(self.dir / f"{unit.key}.npz")
-        body = {"identity": unit.identity(self.uid, self.split), "row": row}
-        tmp = self.dir / f".{unit.key}.{pid}.json"
-        tmp.write_text(json.dumps(body, indent=1, default=_json_default))
-        tmp.replace(self.dir / f"{unit.key}.json")  # last: its presence marks the unit done
+        out = self.path(unit)
+        tmp = out.with_name(f".{out.stem}.{os.getpid()}.npz")
+        arrays = {f"q/{k}": v for k, v in q.items()}
+        arrays["identity"] = np.array(json.dumps(unit.identity(self.uid, self.split)))
+        arrays["row"] = np.array(json.dumps(row, default=_json_default))
+        try:
+            np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _json_default(v: Any) -> Any:
@@ -307,8 +318,8 @@ def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> st
             f"the data in {prep.images.image_dir.parent} gives split {now}, but study {cfg.name!r} was"
             f" searched on split {searched}; evaluate with the dataset and val_fraction/seed the search used"
         )
-    stored_fp = study.user_attrs.get("dataset_fingerprint") or manifest.get("dataset_fingerprint")
-    fp = prep.split.manifest.get("dataset_fingerprint")
+    stored_fp = study.user_attrs.get("dataset_files")  # studies created before it was recorded: no check
+    fp = prep.split.manifest.get("dataset_files")
     if stored_fp and fp != stored_fp:
         raise HarnessError(
             f"the dataset at {prep.images.image_dir.parent} is not the copy study {cfg.name!r} was searched"

@@ -18,7 +18,7 @@ from harness.study.storage import open_storage
 
 
 def stored_study(cfg: StudyConfig) -> optuna.Study | None:
-    """The stored study of this name, or None; creates no storage where there is none."""
+    """The stored study of this name, or None; creates no journal file where there is none."""
     url = cfg.storage_url
     if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
         return None
@@ -53,7 +53,27 @@ def changed_error(cfg: StudyConfig, study: optuna.Study) -> ConfigError:
     )
 
 
-def refuse_changed(cfg: StudyConfig) -> None:
+def refuse_changed(cfg: StudyConfig, manifest: dict | None = None) -> None:
+    """Refuse a config the stored study would refuse; with the split ``manifest`` the data now
+    gives, also data other than the search ran on (another split, another copy of the dataset)."""
     study = stored_study(cfg)
-    if study is not None and study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
+    if study is None:
+        return
+    if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
         raise changed_error(cfg, study)
+    if manifest is None:
+        return
+    path = cfg.study_dir / "split_manifest.json"
+    split = study.user_attrs.get("split_hash")
+    if split and manifest["hash"] != split:
+        raise ConfigError(
+            f"the data now gives split {manifest['hash']}, but study {cfg.name!r} was searched on split"
+            f" {split}; {path} is left as it was: point data_root at the copy the search used"
+        )
+    files = study.user_attrs.get("dataset_files")
+    if files and manifest.get("dataset_files") != files:
+        raise ConfigError(
+            f"the dataset copy now found is not the one study {cfg.name!r} was searched on (dataset"
+            f" fingerprint {manifest.get('dataset_files')}, searched on {files}: other files, labels or file"
+            f" sizes); {path} is left as it was: point data_root at the copy the search used"
+        )

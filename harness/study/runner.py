@@ -145,10 +145,12 @@ def study_uid(study: optuna.Study) -> str:
 def create(cfg: StudyConfig) -> dict:
     """Create (or re-open) the study and its MLflow parent run; refuse a changed search space.
 
-    Under the study's lock, so two first runs at once make one study with one uid."""
+    Under the study's lock, so two first runs at once make one study with one uid and one parent run.
+    """
     refuse_changed(cfg)
     check_writable(cfg)
     storage = storage_for(cfg)
+    tracker = tracker_for(cfg)  # initialise the MLflow schema once, before workers start
     with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
         try:  # an existing study is checked before anything is written to it
             study = optuna.load_study(
@@ -164,19 +166,19 @@ def create(cfg: StudyConfig) -> dict:
                 load_if_exists=True,  # another process (without our lock: another RDB) may create it
             )
         stored = study.user_attrs.get("space_hash")
+        if stored is not None and stored != cfg.space_hash():
+            raise changed_error(cfg, study)
+        if "uid" not in study.user_attrs:  # first: a crash below leaves a study that is still its own
+            study.set_user_attr("uid", uuid.uuid4().hex[:12])
         if stored is None:
             manifest = _manifest(cfg)
-            study.set_user_attr("space_hash", cfg.space_hash())
-            study.set_user_attr("uid", uuid.uuid4().hex[:12])
             study.set_user_attr("config", cfg.to_dict())
             study.set_user_attr("split_hash", manifest.get("hash"))
-            study.set_user_attr("dataset_fingerprint", manifest.get("dataset_fingerprint"))
-        elif stored != cfg.space_hash():
-            raise changed_error(cfg, study)
+            study.set_user_attr("dataset_files", manifest.get("dataset_files"))
+            study.set_user_attr("space_hash", cfg.space_hash())  # last: the study is complete
+        parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     for w in config_warnings(cfg, _manifest(cfg)):
         log.warning("study %s: %s", cfg.name, w)
-    tracker = tracker_for(cfg)  # initialise the MLflow schema once, before workers start
-    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     info = {
         "study": cfg.name,
         "uid": study_uid(study),
@@ -198,9 +200,6 @@ def freeze(cfg: StudyConfig, path: Path) -> None:
 
 # What a study owns under results/{study}/, set aside together by ``delete``.
 DERIVED = (
-    "optuna.journal",
-    "optuna.journal.lock",
-    "optuna.journal.budget.lock",
     "study.json",
     "split_manifest.json",
     "config.yaml",
@@ -215,34 +214,48 @@ DERIVED = (
 )
 
 
-def delete_study(cfg: StudyConfig, force: bool = False) -> Path | None:
+def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
     """Set a study aside so its name can be used again: nothing is lost.
 
-    The journal and every file derived from it move to ``results/{study}/attic/<uid>-<time>/``; on an
-    RDB storage the study is deleted there (its trials are first exported to the attic as CSV).
-    A study with finished trials needs ``force``. Returns the attic folder (None: no such study).
+    Everything derived from it moves to ``results/{study}/attic/<uid>-<time>/``, and so does its
+    journal when it is the study's own (``results/{study}/optuna.journal``). A journal elsewhere, or an
+    RDB storage, may hold other studies: there the trials are exported to the attic as CSV first and
+    the study is deleted from the storage. Under the study's lock; refused while a worker is running
+    one of its trials, and, without ``force``, for a study with finished trials.
     """
     study = stored_study(cfg)
     if study is None:
         raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
-    n = n_finished(study)
-    if n and not force:
-        raise HarnessError(
-            f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway (it"
-            f" moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config {cfg.command_path}"
-            " --force'"
-        )
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    uid = study_uid(study)
-    attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
-    attic.mkdir(parents=True)
-    if not cfg.storage_url.startswith("journal:"):
+    own_journal = cfg.storage_url == f"journal:{cfg.study_dir / 'optuna.journal'}"
+    with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
+        sweep(study)  # a trial whose worker is gone is not "running"
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running:
+            raise HarnessError(
+                f"study {cfg.name!r} has {len(running)} running trial(s) (trial {running[0].number}, ...);"
+                " stop its workers first, then delete it"
+            )
+        n = n_finished(study)
+        if n and not force:
+            raise HarnessError(
+                f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway"
+                f" (it moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config"
+                f" {cfg.command_path} --force'"
+            )
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        uid = study_uid(study)
+        attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
+        attic.mkdir(parents=True)
         study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
-        optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
-    for name in DERIVED:
-        src = cfg.study_dir / name
-        if src.exists():
-            shutil.move(str(src), str(attic / name))
+        if own_journal:
+            journal = cfg.study_dir / "optuna.journal"
+            shutil.move(str(journal), str(attic / "optuna.journal"))
+        else:
+            optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+        for name in DERIVED:
+            src = cfg.study_dir / name
+            if src.exists():
+                shutil.move(str(src), str(attic / name))
     log.info("study %s (uid %s, %d finished trials) set aside in %s", cfg.name, uid, n, attic)
     return attic
 
@@ -271,29 +284,44 @@ def diverged(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def sweep(study: optuna.Study, cfg: StudyConfig | None = None) -> None:
-    """Fail and re-queue trials of dead workers; every worker may do this at any time.
+INTERRUPTED = "harness.interrupted"  # user attr: the trial stopped for a reason outside it
 
-    With ``cfg``, also re-queue an interrupted trial whose own re-queue did not happen (its worker
-    was stopped by a full disk, or died between marking it FAIL and queuing its retry)."""
+
+def sweep(study: optuna.Study, cfg: StudyConfig | None = None) -> None:
+    """Fail and re-queue trials of dead workers; every worker may do this at any time, under the
+    study's lock (two sweeps at once could re-queue one trial twice).
+
+    With ``cfg``, also re-queue a trial marked interrupted (a full disk, a signal) whose own
+    re-queue did not happen: its worker could not write it, or died in between."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     if cfg is None:
         return
+    for t in _orphans(study, cfg):
+        log.warning("trial %d was interrupted but not re-queued; re-queuing it now", t.number)
+        StaleTrialHandler(cfg)(study, t)
+
+
+def _orphans(
+    study: optuna.Study, cfg: StudyConfig, number: int | None = None, marked: bool = True
+) -> list[FrozenTrial]:
+    """Interrupted FAIL trials without a retry (all, or just trial ``number``; ``marked=False``: also
+    one whose mark could not be written, when the caller knows it was interrupted)."""
     trials = study.get_trials(deepcopy=False)
     # every retry lists the whole chain it continues (failed_trial names only the chain's first)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     max_retry = int(cfg.fault_tolerance["max_retry"])
-    for t in trials:
-        if (
-            t.state == TrialState.FAIL
-            and "fail_reason" not in t.user_attrs  # diverged or crashed: a retry would fail again
-            and t.number not in retried
-            and len(t.system_attrs.get("retry_history", [])) < max_retry
-        ):
-            log.warning("trial %d was interrupted but not re-queued; re-queuing it now", t.number)
-            StaleTrialHandler(cfg)(study, t)
+    return [
+        t
+        for t in trials
+        if (number is None or t.number == number)
+        and t.state == TrialState.FAIL
+        and (not marked or t.user_attrs.get(INTERRUPTED) == t.number)  # its own mark, not a parent's
+        and "fail_reason" not in t.user_attrs  # diverged or crashed: a retry would fail again
+        and t.number not in retried
+        and len(t.system_attrs.get("retry_history", [])) < max_retry
+    ]
 
 
 class Interrupted(HarnessError):
@@ -309,6 +337,7 @@ class WorkerStopped(Exception):
 
 
 RESOURCE_WORDS = (
+    "database or disk is full",
     "disk is full",
     "disk i/o error",
     "readonly database",
@@ -318,20 +347,21 @@ RESOURCE_WORDS = (
 
 
 def resource_error(e: BaseException) -> bool:
-    """Errors of the machine, not of the trial: the same trial succeeds once they are fixed."""
-    if isinstance(e, OSError):
-        return True
-    text = str(e).lower()
-    return any(
-        k in text
-        for k in (
-            "disk is full",
-            "disk i/o error",
-            "readonly database",
-            "unable to open database",
-            "no space",
-        )
-    )
+    """Errors of the machine, not of the trial: the same trial succeeds once they are fixed.
+
+    Follows the chain of causes: Optuna's RDB storage wraps every database error (a full disk, a
+    lost connection) in a StorageInternalError whose own text says nothing."""
+    from sqlalchemy.exc import OperationalError
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError | OperationalError | optuna.exceptions.StorageInternalError):
+            return True
+        if any(k in str(e).lower() for k in RESOURCE_WORDS):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
 
 
 def describe(e: BaseException) -> str:
@@ -386,44 +416,46 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     n_trials = cfg.budget["n_trials"] or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, worker)
     check_writable(cfg)
-    sweep(study, cfg)
-    if finished(study) >= n_trials:
-        log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
-        return 0
-    device = resolve_device(cfg.device)
-    prep = prepare(cfg, device)
-    tracker = tracker_for(cfg)
-    parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
-    objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
-    with _Signals() as signals, budget_lock(cfg.storage_url, cfg.name) as lock:
-        try:
-            return _loop(cfg, study, objective, worker, n_trials, lock, signals)
-        except KeyboardInterrupt as e:
-            signals.interruptible = False
-            requeued = _requeue_interrupted(study, objective, cfg)
-            raise Interrupted(
-                f"worker {worker} stopped by {signal_name(e)}"
-                + (
-                    f"; trial {requeued} is re-queued and resumes from its checkpoint"
-                    if requeued is not None
-                    else ""
-                )
-            ) from None
-        except WorkerStopped as e:
+    with budget_lock(cfg.storage_url, cfg.name) as lock:
+        with lock:
+            sweep(study, cfg)
+        if finished(study) >= n_trials and not counts(study)[TrialState.WAITING]:
+            log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
+            return 0
+        device = resolve_device(cfg.device)
+        prep = prepare(cfg, device)
+        tracker = tracker_for(cfg)
+        parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
+        objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
+        with _Signals() as signals:
             try:
-                requeued = _requeue_interrupted(study, objective, cfg)
-            except Exception as again:  # the disk is still full: the next worker's sweep re-queues it
-                log.warning("trial %d: could not re-queue it now (%s)", e.trial, describe(again))
-                requeued = None
-            then = (
-                f"trial {e.trial} is re-queued and resumes from its last checkpoint"
-                if requeued is not None
-                else f"trial {e.trial} will be re-queued by the next worker and resume from its checkpoint"
-            )
-            raise HarnessError(
-                f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space and"
-                f" permissions under {cfg.results}, then rerun: {then}"
-            ) from None
+                return _loop(cfg, study, objective, worker, n_trials, lock, signals)
+            except KeyboardInterrupt as e:
+                signals.interruptible = False
+                requeued = _requeue_interrupted(study, objective, cfg, lock)
+                raise Interrupted(
+                    f"worker {worker} stopped by {signal_name(e)}"
+                    + (
+                        f"; trial {requeued} is re-queued and resumes from its checkpoint"
+                        if requeued is not None
+                        else ""
+                    )
+                ) from None
+            except WorkerStopped as e:
+                try:
+                    requeued = _requeue_interrupted(study, objective, cfg, lock)
+                except Exception as again:  # the disk is still full: the next worker's sweep re-queues it
+                    log.warning("trial %d: could not re-queue it now (%s)", e.trial, describe(again))
+                    requeued = None
+                then = (
+                    f"trial {e.trial} is re-queued and resumes from its last checkpoint"
+                    if requeued is not None
+                    else f"the next worker re-queues trial {e.trial} and resumes it from its checkpoint"
+                )
+                raise HarnessError(
+                    f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space,"
+                    f" permissions and the storage under {cfg.results}, then rerun: {then}"
+                ) from None
 
 
 def _loop(
@@ -456,7 +488,6 @@ def _loop(
                 with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we
                     warnings.simplefilter("ignore")  # run the same heartbeat thread ourselves below
                     trial = study.ask()  # pops a WAITING (re-queued) trial first
-        signals.check()
         if trial is None:
             if not waited:
                 log.info("worker %d: the rest of the budget is in flight; waiting for it", worker)
@@ -466,7 +497,7 @@ def _loop(
             signals.interruptible = False
             continue
         waited = False
-        _run_trial(study, trial, objective, signals)
+        _run_trial(study, trial, objective, signals)  # a signal pending since the ask stops it there
         ran += 1
         fails = diverged(study)
         if len(fails) >= max_failures:  # a config that always fails must not loop forever
@@ -479,37 +510,47 @@ def _loop(
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, signals: _Signals) -> None:
-    """Run one asked trial with Optuna's heartbeat thread and tell its outcome, as ``optimize`` would."""
+    """Run one asked trial with Optuna's heartbeat thread and tell its outcome, as ``optimize`` would:
+    the heartbeat stops before the trial is told, so no beat lands on a finished trial."""
     state, value, note = TrialState.COMPLETE, None, ""
+    objective.current = trial.number
+    error: BaseException | None = None
     with get_heartbeat_thread(trial._trial_id, study._storage):
         try:
             signals.interruptible = True
+            signals.check()  # a signal that came while this trial was being asked
             value = objective(trial)
-            signals.interruptible = False
         except optuna.TrialPruned as e:
-            signals.interruptible = False
             state, note = TrialState.PRUNED, str(e)
         except UpdateFinishedTrialError:
             signals.interruptible = False
+            objective.current = None  # another worker failed and re-queued it: not ours to re-queue
             log.warning(
                 "trial %d was failed as stale by another worker while it ran (a heartbeat older than"
                 " grace_period: raise fault_tolerance.grace_period); its retry runs it again",
                 trial.number,
             )
             return
-        except KeyboardInterrupt:
+        except BaseException as e:  # noqa: BLE001 (told FAIL below, then raised again)
+            error = e
+        finally:
             signals.interruptible = False
+    if isinstance(error, KeyboardInterrupt):
+        _mark_interrupted(trial)
+        _tell(study, trial, TrialState.FAIL, None)
+        raise error
+    if isinstance(error, Exception):
+        if resource_error(error):
+            _mark_interrupted(trial)  # may fail too: then the trial stays RUNNING and the sweep finds it
             _tell(study, trial, TrialState.FAIL, None)
-            raise
-        except Exception as e:
-            signals.interruptible = False
-            if resource_error(e):
-                _tell(study, trial, TrialState.FAIL, None)  # may fail too: then the sweep finds it
-                raise WorkerStopped(trial.number, e) from e
-            raise _crashed(study, trial, objective, e) from e
+            raise WorkerStopped(trial.number, error) from error
+        raise _crashed(study, trial, objective, error) from error
+    if error is not None:
+        raise error
     if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
         state = TrialState.FAIL  # a diverged trial (the objective returned NaN)
     told = _tell(study, trial, state, value if state == TrialState.COMPLETE else None)
+    objective.current = None
     if not told:
         return
     if state == TrialState.COMPLETE:
@@ -519,6 +560,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, s
     else:
         reason = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("fail_reason", "see above")
         log.warning("Trial %d failed: %s", trial.number, reason)
+
+
+def _mark_interrupted(trial: optuna.Trial) -> None:
+    try:
+        trial.set_user_attr(INTERRUPTED, trial.number)
+    except Exception as e:  # a full disk: the trial stays RUNNING, and the next sweep handles it
+        log.warning("trial %d: could not mark it interrupted (%s)", trial.number, describe(e))
 
 
 def _crashed(study: optuna.Study, trial: optuna.Trial, objective: Objective, e: Exception) -> HarnessError:
@@ -531,6 +579,7 @@ def _crashed(study: optuna.Study, trial: optuna.Trial, objective: Objective, e: 
     except Exception as again:
         log.warning("trial %d: could not record the crash (%s)", trial.number, describe(again))
     _tell(study, trial, TrialState.FAIL, None)
+    objective.current = None
     return HarnessError(
         f"trial {trial.number} crashed: {describe(e)} (traceback in {where}); fix the config, or report"
         " the traceback if the config is right"
@@ -540,7 +589,7 @@ def _crashed(study: optuna.Study, trial: optuna.Trial, objective: Objective, e: 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None) -> bool:
     try:
         study.tell(trial, value, state=state)
-    except OSError as e:
+    except (OSError, optuna.exceptions.StorageInternalError) as e:
         log.warning("trial %d: could not record %s (%s)", trial.number, state.name, describe(e))
         return False
     except (UpdateFinishedTrialError, ValueError, RuntimeError) as e:
@@ -551,13 +600,18 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: fl
     return True
 
 
-def _requeue_interrupted(study: optuna.Study, objective: Objective, cfg: StudyConfig) -> int | None:
-    """The trial a signal interrupted (marked FAIL): queue its retry. Its number, or None."""
+def _requeue_interrupted(
+    study: optuna.Study, objective: Objective, cfg: StudyConfig, lock: BudgetLock
+) -> int | None:
+    """The trial a signal or a full disk interrupted (marked FAIL): queue its retry, under the lock
+    and only if no other worker's sweep did. Its number, or None."""
     number = objective.current
     if number is None:
         return None
-    trial = study.get_trials(deepcopy=False)[number]
-    if trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs:  # finished, or diverged
-        return None
-    StaleTrialHandler(cfg)(study, trial)
-    return number
+    with lock:
+        (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if trial.state != TrialState.FAIL or "fail_reason" in trial.user_attrs:  # finished, or diverged
+            return None
+        if _orphans(study, cfg, number, marked=False):  # we know it was interrupted: we stopped it
+            StaleTrialHandler(cfg)(study, trial)
+        return number

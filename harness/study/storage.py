@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
@@ -215,11 +215,14 @@ class SafeJournalFileBackend(JournalFileBackend):
                 return  # another process repaired it first
             aside = self._aside(b"".join(removed))
             tmp = f"{self._file_path}.repair-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(b"".join(kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._file_path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(b"".join(kept))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._file_path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         log.warning(
             "journal %s: %d torn record(s) found (left by a crash or a full disk); set aside in %s and"
             " the journal repaired; every whole record is kept",
@@ -270,7 +273,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return state
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, [trial_id, time.time()])
+        """Runs in Optuna's heartbeat thread: an error there must not die as a raw traceback."""
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, [trial_id, time.time()])
+        except OSError as e:  # a full disk: the trial goes on; its worker reports the disk itself
+            log.warning("trial id %d: heartbeat not recorded (%s)", trial_id, e.strerror or e)
+        except UpdateFinishedTrialError:  # the trial was just told, or taken over as stale
+            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()

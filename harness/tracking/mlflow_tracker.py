@@ -55,15 +55,21 @@ def check_schema(db: Path) -> None:
     """Refuse (or, when it holds no run, set aside) a database a crashed migration left behind."""
     if not db.is_file() or db.stat().st_size == 0:
         return
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        tmp = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
-        if not tmp:
-            return
-        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-    finally:
-        con.close()
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tmp = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            if not tmp:
+                return
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise HarnessError(
+            f"cannot read the MLflow database {db} ({e}); if it is not an SQLite database or is damaged,"
+            " move it aside (the Optuna study is not affected) and rerun"
+        ) from None
     if runs == 0:
         aside = db.with_name(f"{db.name}.half-migrated-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(db, aside)

@@ -57,7 +57,7 @@ class TrialCheckpoint:
         except Exception as e:  # a truncated or foreign file must not kill the retry
             log.warning("ignoring unreadable checkpoint %s (%s); training from epoch 1", self.path, e)
             return None
-        if state.get("uid") != self.uid:
+        if "uid" in state and state["uid"] != self.uid:  # no uid: written before uids, by this study
             log.warning(
                 "ignoring checkpoint %s: written by study incarnation %s, not %s; training from epoch 1",
                 self.path,

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: which studies to build, and each study's validated config.
 from harness.study.config import load_config, parse_config
+from harness.study.guard import refuse_changed
 
 
 def _load_studies(config):
@@ -10,6 +11,8 @@ def _load_studies(config):
     for cfg in cfgs:
         if cfg.results_dir != "results":
             raise ValueError(f"study {cfg.name}: the pipeline writes under results/; drop results_dir")
+        # Before any job: Snakemake deletes a job's old outputs (the frozen config) before running it.
+        refuse_changed(cfg)
     return {cfg.name: cfg for cfg in cfgs}
 
 
