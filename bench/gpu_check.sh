@@ -1,46 +1,48 @@
 #!/usr/bin/env bash
-# The ONE device check for issue #3, run on the GPU machine from the repo root:
-#   bash bench/fetch_gpu_wheels.sh                  # here, first (needs PyPI)
-#   device run: carry [".whl"], command "bash bench/gpu_check.sh", timeout ~540 s
-# Writes everything under $OUT: bench tables (raw timm vs harness vs PML, eager + compiled; miners
-# at B = 128/512/2048), and a 2-trial fine-tune study on generated CUB-layout data at 224 px.
+# The ONE prepared device check (issue #9), run from the repo root:
+#   here, first (PyPI):  python bench/gpu_bundle.py             # wheels the image lacks -> .whl/
+#                        bash bench/pack_cub.sh                 # CUB at 112 px, q42 -> .data/cub112.tgz
+#   device tool:         carry [".whl", ".data"], command "bash bench/gpu_check.sh", timeout_s 540
+# The wheels are cp312 (the image's Python); elsewhere they are skipped and the environment is used
+# as it is. It starts with a smoke step of seconds (imports, MLflow SQLite store, Optuna journal) that names
+# anything missing; without CUDA it stops there with "no GPU" (exit 0). On a GPU it then measures,
+# in this order, everything under $OUT (bench/results/<gpu>-<date>.md is written from it):
+#   1. compiled step vs compiled raw timm, B=256/224 px and B=128/112 px (and eager, as the baseline)
+#   2. study-level train img/s at B=128/112 px: 1 worker vs N workers on the GPU
+#   3. frozen-trunk trials/min (eager loop vs device-epoch path)
+#   4. a real fine-tune study on CUB through the CLI: study run, evaluate, report
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 3; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl > /dev/null 2>&1 && python3 -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 3; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+fi
+python3 -m harness.cli smoke 2>&1 | tee "$OUT/smoke.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "smoke step failed: see the line above"; exit 3; }
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no GPU: the smoke step passed; nothing else to measure here"
+  exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 420 python3 -m harness.cli bench --out "$OUT" 2>&1 | tee "$OUT/bench.log"
-python3 - "$OUT" <<'PY'
-import sys
-from pathlib import Path
-sys.path.insert(0, "tests")
-from fixtures import make_cub
-out = Path(sys.argv[1])
-root = make_cub(out / "data", per_class=6, size=(300, 256))
-(out / "study.yaml").write_text(f"""name: gpu-check
-dataset: cub
-data_root: {root}
-strict_counts: false
-results_dir: {out}/results
-image_size: 224
-cache_size: 256
-backbone: efficientnet_lite0
-pretrained: true
-trunk: finetune
-epochs: 2
-budget: {{n_trials: 2}}
-sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
-evaluate: {{top_n: 1}}
-search_space:
-  mining: {{choices: [semihard, offline-hard]}}
-  batch_p: 32
-  batch_k: 4
-""")
-PY
-timeout 240 python3 -m harness.cli study run --config "$OUT/study.yaml" 2>&1 | tee "$OUT/study.log"
-timeout 120 python3 -m harness.cli evaluate --config "$OUT/study.yaml" 2>&1 | tee -a "$OUT/study.log"
-rm -rf "$OUT/data" "$OUT/results/cache"
+
+# 1-3: one Python process per part, each with its own time limit, so one part's failure leaves the others
+timeout 200 python3 bench/gpu_measure.py steps --out "$OUT" 2>&1 | tee "$OUT/steps.log"
+timeout 100 python3 bench/gpu_measure.py workers --out "$OUT" 2>&1 | tee "$OUT/workers.log"
+timeout 60 python3 bench/gpu_measure.py frozen --out "$OUT" 2>&1 | tee "$OUT/frozen.log"
+
+# 4: a real study on CUB (112 px copy) through the CLI
+if [ -f .data/cub112.tgz ]; then
+  mkdir -p /tmp/cub && tar -xzf .data/cub112.tgz -C /tmp/cub
+  python3 bench/gpu_measure.py study-config --data /tmp/cub/CUB_200_2011 --out "$OUT" > "$OUT/study.yaml"
+  timeout 150 python3 -m harness.cli study run --config "$OUT/study.yaml" 2>&1 | tail -40 | tee "$OUT/study.log"
+  timeout 90 python3 -m harness.cli evaluate --config "$OUT/study.yaml" 2>&1 | tail -25 | tee -a "$OUT/study.log"
+  timeout 30 python3 -m harness.cli report --config "$OUT/study.yaml" 2>&1 | tail -3 | tee -a "$OUT/study.log"
+  cp "$OUT"/results/gpu-cub/test.csv "$OUT"/results/gpu-cub/comparisons.csv "$OUT"/ 2>/dev/null
+  rm -rf "$OUT/results/cache" "$OUT/results/gpu-cub/trials"
+fi
+python3 bench/gpu_measure.py summary --out "$OUT" | tee "$OUT/summary.md"

@@ -164,6 +164,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
     run_bench(out_dir=Path(a.out), quick=a.quick)
 
 
+def cmd_smoke(a: argparse.Namespace) -> None:
+    _threads(a.threads)
+    from harness.smoke import run_smoke
+
+    print(run_smoke())
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="harness", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
@@ -225,6 +232,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: see above)")
     r.add_argument("--separate", action="store_true", help="one page per study instead of one for all")
     r.set_defaults(func=cmd_report)
+    sm = sub.add_parser(
+        "smoke", help="seconds: import everything, write an MLflow store and an Optuna journal"
+    )
+    sm.set_defaults(func=cmd_smoke)
     b = sub.add_parser("bench", help="throughput: raw timm step vs harness step, own vs PML miners")
     b.add_argument("--out", default="bench/results")
     b.add_argument("--quick", action="store_true", help="smallest sizes only")
