@@ -13,6 +13,7 @@ Results: ``bench/results/<device>-<date>.json`` and ``.md``.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -33,6 +34,7 @@ from harness.mining import ONLINE, get_miner
 from harness.models import EmbeddingHead
 from harness.models.embedder import Embedder, input_layout
 from harness.training import FeatureSource, ImageSource, TrialParams, train
+from harness.training.step import TrainStep
 from harness.training.trainer import sync
 
 
@@ -54,60 +56,51 @@ def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: in
     return (time.perf_counter() - t0) / iters
 
 
-def _train_step(
-    model: torch.nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, amp: bool
-) -> Callable[[], None]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+class LogitsLoss:
+    """The raw timm baseline's loss in a miner's shape: cross-entropy on 1000-class logits, so the
+    baseline and the harness step run through the same TrainStep (same optimiser, same modes)."""
 
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x).float()
-        loss = loss_of(out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    offline = False
+    distance = None
 
-    return step
+    def loss(self, out: torch.Tensor, y: torch.Tensor, u: torch.Tensor | None = None) -> tuple:
+        loss = F.cross_entropy(out, y)
+        one = torch.ones((), dtype=torch.long, device=out.device)
+        return loss, one, one
 
-
-def _miner_loss(miner: Any, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda out: miner.loss(out, y)[0]
+    def draw(self, batch: int, device: torch.device) -> None:
+        return None
 
 
 def step_bench(backbone: str, batch: int, size: int, device: torch.device, iters: int, compile: bool) -> dict:
-    """img/s of raw timm vs harness (own miner) vs PML miner+loss, one process, same inputs."""
+    """img/s of raw timm vs harness (own miner) vs PML miner+loss, one process, same inputs; with
+    ``compile``, the raw and harness steps both run as one compiled graph + fused AdamW."""
     p, k = batch // 4, 4
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=input_layout(device))
     y = torch.arange(p, device=device).repeat_interleave(k)
-    amp = device.type == "cuda"
-
-    def maybe(m: torch.nn.Module) -> torch.nn.Module:
-        return torch.compile(m) if compile else m  # type: ignore[return-value]
-
+    mode = "compiled" if compile else "eager"
     dist = get_distance("cosine")
-    own, pml = get_miner("semihard", dist, 0.2), get_miner("semihard", dist, 0.2, impl="pml")
-
-    raw = timm.create_model(backbone, pretrained=False, num_classes=1000).to(device)
-    raw = raw.to(memory_format=input_layout(device))
     results: dict[str, Any] = {
         "backbone": backbone,
         "batch_size": batch,
         "img_size": size,
         "compiled": compile,
     }
+    raw = timm.create_model(backbone, pretrained=False, num_classes=1000).to(device)
+    raw = raw.to(memory_format=input_layout(device))
     t0 = time.perf_counter()
-    raw_step = _train_step(maybe(raw), lambda out: F.cross_entropy(out, y), x, amp)
-    raw_step()
+    raw_step = TrainStep(raw, LogitsLoss(), 0.0, 1e-4, 0.0, device, mode)  # type: ignore[arg-type]
+    raw_step(x, y)
     sync(device)
     results["raw_compile_s"] = time.perf_counter() - t0 if compile else 0.0
-    results["raw_img_per_s"] = batch / _time(raw_step, device, 2, iters)
-    for name, miner in (("harness", own), ("pml", pml)):
+    results["raw_img_per_s"] = batch / _time(lambda: raw_step(x, y), device, 2, iters)
+    for name, impl, m in (("harness", "own", mode), ("pml", "pml", "eager")):
         trunk = timm.create_model(backbone, pretrained=False, num_classes=0).to(device)
         trunk = trunk.to(memory_format=input_layout(device))
         width: int = trunk.num_features  # type: ignore[assignment]
-        model = Embedder(maybe(trunk), EmbeddingHead(width, 128)).to(device)
-        step = _train_step(model, _miner_loss(miner, y), x, amp)
-        results[f"{name}_img_per_s"] = batch / _time(step, device, 3, iters)
+        model = Embedder(trunk, EmbeddingHead(width, 128)).to(device)
+        step = TrainStep(model, get_miner("semihard", dist, 0.2, impl=impl), 0.2, 1e-4, 0.0, device, m)
+        results[f"{name}_img_per_s"] = batch / _time(functools.partial(step, x, y), device, 3, iters)
     results["ratio"] = results["harness_img_per_s"] / results["raw_img_per_s"]
     results["pml_ratio"] = results["pml_img_per_s"] / results["raw_img_per_s"]
     return results
@@ -192,8 +185,9 @@ def trial_bench(device: torch.device, backbone: str, n: int, cache_px: int, size
     }
 
 
-def frozen_bench(device: torch.device, trials: int = 5) -> dict:
-    """Frozen-trunk trials/min on CUB-sized features (4,685 train / 1,179 val x 1280, 8 epochs)."""
+def frozen_bench(device: torch.device, trials: int = 5, compile_mode: str = "eager") -> dict:
+    """Frozen-trunk trials/min on CUB-sized features (4,685 train / 1,179 val x 1280, 8 epochs),
+    with the training step in ``compile_mode`` (harness.training.step)."""
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(100, 1280, generator=g)
     labels = np.repeat(np.arange(100), 59)[:5864]
@@ -204,11 +198,10 @@ def frozen_bench(device: torch.device, trials: int = 5) -> dict:
     t0 = time.perf_counter()
     for i in range(trials):
         head = EmbeddingHead(1280, 512).to(device)
-        train(
-            head, TrialParams(0.2, 16, 4, "cosine", mining[i % len(mining)], 1e-4, 512), tr, 8, device, i, va
-        )
+        params = TrialParams(0.2, 16, 4, "cosine", mining[i % len(mining)], 1e-4, 512)
+        train(head, params, tr, 8, device, i, va, compile_mode=compile_mode)
     minutes = (time.perf_counter() - t0) / 60
-    return {"trials": trials, "epochs": 8, "trials_per_min": trials / minutes}
+    return {"trials": trials, "epochs": 8, "mode": compile_mode, "trials_per_min": trials / minutes}
 
 
 def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = None) -> dict:

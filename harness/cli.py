@@ -92,8 +92,16 @@ def cmd_create(a: argparse.Namespace) -> None:
 
 def cmd_worker(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.runner import run_worker
+    from harness.study.runner import run_worker, run_worker_group
 
+    per_gpu = a.processes or cfg.workers_per_gpu
+    if per_gpu > 1:
+        from dataclasses import replace
+
+        cfg = replace(cfg, raw=cfg.raw | {"workers_per_gpu": per_gpu})
+        n = run_worker_group(cfg, a.config, a.worker, a.threads)
+        print(f"worker group {a.worker} ({per_gpu} processes): the study has {n} finished trials")
+        return
     n = run_worker(cfg, a.worker)
     print(f"worker {a.worker}: {n} trials")
 
@@ -208,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=True)
         if name == "worker":
             s.add_argument("--worker", type=int, default=0, help="worker index (names its log)")
+            s.add_argument(
+                "--processes",
+                type=positive_int,
+                help="worker processes sharing this machine's device (default: the config's workers_per_gpu)",
+            )
         if name == "delete":
             s.add_argument("--force", action="store_true", help="also a study with finished trials")
         s.set_defaults(func=func)

@@ -125,3 +125,57 @@ def test_the_device_script_stops_cleanly_without_a_gpu(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "smoke: " in r.stdout and "no GPU" in r.stdout
     assert (tmp_path / "out" / "smoke.txt").is_file()
+
+
+def test_the_device_scripts_study_config_is_a_valid_study(tmp_path: Path) -> None:
+    import yaml
+
+    from harness.study import parse_config
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu_measure.py"),
+            "study-config",
+            "--data",
+            "/d",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    cfg = parse_config(yaml.safe_load(r.stdout))
+    assert cfg.trunk == "finetune" and cfg.compile == "graphs" and cfg.image_size == 112
+
+
+def test_the_device_scripts_summary_renders_its_parts(tmp_path: Path) -> None:
+    import json
+
+    rows = [
+        {
+            "batch": 256,
+            "px": 224,
+            "mode": m,
+            "raw_img_per_s": 8000.0,
+            "harness_img_per_s": h,
+            "ratio": h / 8000,
+            "vs_harness_eager": h / 6600,
+            "harness_first_step_s": 1.0,
+        }
+        for m, h in (("eager", 6600.0), ("graphs", 7900.0))
+    ]
+    (tmp_path / "steps.json").write_text(
+        json.dumps({"rows": rows, "graph_equals_eager": {"max_weight_diff": 0.0}})
+    )
+    (tmp_path / "frozen.json").write_text(json.dumps({"rows": [{"mode": "graphs", "trials_per_min": 240.0}]}))
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_measure.py"), "summary", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| 256 | 224 | graphs | 8,000 | 7,900 | 0.988 | 1.20 | 1.0 |" in r.stdout
+    assert "Frozen trunk, graphs: 240.0 trials/min" in r.stdout

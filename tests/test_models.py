@@ -75,15 +75,10 @@ def test_finetune_step_trains_trunk_and_head() -> None:
     assert any(moved)
 
 
-@pytest.mark.slow
-def test_trunk_pool_compiles_once_and_resets_weights_per_trial() -> None:
-    """A worker's later trials reuse the compiled graphs and start from the same initial weights.
-
-    (On CPU, inductor adds batch-size range guards, so a few sizes may each add a graph once; the
-    point is that a second trial with the same batch sizes compiles nothing.)
-    """
-    from torch._dynamo.utils import counters
-
+def test_trunk_pool_keeps_one_module_and_resets_weights_per_trial() -> None:
+    """A worker's later trials reuse the trunk module; a random-init trunk draws fresh weights from
+    each trial's seed, as a new model would. (Compiled work is reused through torch's graph caches:
+    tests/test_compiled_step.py.)"""
     from harness.study.config import parse_config
     from harness.study.data import TrunkPool
 
@@ -95,28 +90,19 @@ def test_trunk_pool_compiles_once_and_resets_weights_per_trial() -> None:
             "pretrained": False,
             "trunk": "finetune",
             "image_size": 32,
-            "compile": True,
         }
     )
     pool = TrunkPool(cfg, torch.device("cpu"))
     model = pool.get()
-    assert pool.compile_s > 0
-    sizes = (16, 32, 64)
-    for batch in sizes:  # trial 1
-        model(torch.randn(batch, 3, 32, 32)).sum().backward()
-    graphs = counters["stats"]["unique_graphs"]
     with torch.no_grad():
-        for p in pool.trunk.parameters():
-            p.add_(1.0)
+        for p in model.parameters():
+            p.add_(1.0)  # trial 1 trains
     torch.manual_seed(11)
-    again = pool.get()  # trial 2: random init, so fresh weights from the trial's seed
+    again = pool.get()  # trial 2
     assert again is model
     torch.manual_seed(11)
     fresh, _ = create_trunk("test_resnet", pretrained=False)
-    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in pool.trunk.state_dict().items())
-    for batch in sizes:
-        again(torch.randn(batch, 3, 32, 32)).sum().backward()
-    assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled for trial 2
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_head_stays_fp32_under_autocast() -> None:

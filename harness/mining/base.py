@@ -31,8 +31,14 @@ class Miner:
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
         raise NotImplementedError
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
+        """``u``: the uniforms a sampled miner would draw itself (``draw``), passed in by a compiled
+        step that keeps random draws outside its graph; other miners ignore it."""
         raise NotImplementedError
+
+    def draw(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """The random numbers one ``loss`` call consumes (None: it needs none)."""
+        return None
 
     def mine_epoch(
         self, embeddings: torch.Tensor, labels: torch.Tensor, n_anchors: int, generator: torch.Generator

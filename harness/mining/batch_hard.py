@@ -23,7 +23,7 @@ class BatchHardMiner(Miner):
         valid = pos.any(1) & neg.any(1)
         return torch.arange(len(f), device=f.device), p, n, valid
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
         f = farness(self.distance, embeddings)
         a, p, n, valid = self._select(f, labels)
         return indexed_loss(f, a, p, n, valid, self.margin)

@@ -36,7 +36,7 @@ class PMLMiner(Miner):
         a, p, n = self.miner(embeddings, labels)
         return a, p, n
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
         """PML's miner then PML's loss: the reference path (host syncs inside PML)."""
         triplets = self(embeddings.detach(), labels)
         loss = self.triplet_loss(embeddings, labels, triplets)

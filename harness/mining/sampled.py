@@ -14,11 +14,19 @@ from pytorch_metric_learning.distances import BaseDistance, LpDistance
 from harness.mining.base import LossOut, Miner, Triplets, farness, indexed_loss, masks
 
 
-def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N[a, j] ~ weights[a, :] for every cell (rows need not be normalised; zero rows give junk)."""
+def uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+def sample_negatives(
+    weights: torch.Tensor, generator: torch.Generator | None, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """N[a, j] ~ weights[a, :] for every cell (rows need not be normalised; zero rows give junk).
+    ``u``: the cells' uniforms, if drawn already (else drawn here from ``generator``)."""
     cdf = weights.double().cumsum(1)
     total = cdf[:, -1:]
-    u = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=torch.float64)
+    if u is None:
+        u = uniforms(tuple(weights.shape), generator, weights.device)
     idx = torch.searchsorted(cdf, (u * total).contiguous(), right=True)
     return idx.clamp(max=weights.shape[1] - 1)
 
@@ -29,23 +37,27 @@ class SampledMiner(Miner):
     def weights(self, embeddings: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _select(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        gen = self.generator
+        return gen if gen is not None and gen.device.type == device.type else None
+
+    def draw(self, batch: int, device: torch.device) -> torch.Tensor:
+        return uniforms((batch, batch), self._generator(device), device)
+
+    def _select(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         pos, neg = masks(labels)
         w = self.weights(embeddings.detach(), neg)
-        gen = (
-            self.generator
-            if self.generator is not None and self.generator.device.type == w.device.type
-            else None
-        )
-        n = sample_negatives(w, gen)
+        n = sample_negatives(w, self._generator(w.device), u)
         valid = pos & (w.sum(1, keepdim=True) > 0)
         b = len(labels)
         a = torch.arange(b, device=labels.device).unsqueeze(1).expand(b, b)
         p = torch.arange(b, device=labels.device).unsqueeze(0).expand(b, b)
         return a.reshape(-1), p.reshape(-1), n.reshape(-1), valid.reshape(-1)
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
-        a, p, n, valid = self._select(embeddings, labels)
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
+        a, p, n, valid = self._select(embeddings, labels, u)
         return indexed_loss(farness(self.distance, embeddings), a, p, n, valid, self.margin)
 
     @torch.no_grad()

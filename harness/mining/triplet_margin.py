@@ -48,7 +48,7 @@ class TripletMarginMiner(Miner):
         )
         return lo, torch.maximum(hi, lo)
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOut:
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
         f = farness(self.distance, embeddings)
         pos, neg = masks(labels)
         inf = f.new_full((), float("inf"))  # no host-to-device copy: no sync

@@ -27,12 +27,15 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "checkpoint": None,
     "trunk": "frozen",
-    "compile": "auto",  # torch.compile the fine-tuned trunk: auto = on GPU only
+    # the training step (harness.training.step): false = eager, true = one compiled graph + fused
+    # AdamW, graphs = that plus CUDA graphs; auto = compiled only where measured faster (none yet)
+    "compile": "auto",
     "epochs": 8,
     "val_fraction": 0.2,
     "seed": 0,
     "device": "auto",
     "workers": 1,
+    "workers_per_gpu": 1,  # worker processes per worker job, sharing its device (small trials)
     "storage": None,
     "mlflow_uri": None,
     "results_dir": "results",

@@ -7,7 +7,6 @@ reads the test classes, and only ``harness evaluate`` calls it.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from harness.data.cache import load_image_cache
 from harness.data.splits import Split, make_split, write_manifest
 from harness.errors import DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
-from harness.models.embedder import Embedder, input_layout
+from harness.models.embedder import Embedder
 from harness.study.config import (
     PARAM_DEFAULTS,
     SHARED_COPIES,
@@ -132,27 +131,30 @@ def final_sources(prep: Prepared, device: torch.device, seed: int) -> tuple[Sour
     return _source(prep, prep.split.trainval, device, seed), _source(prep, prep.split.test, device, 0)
 
 
-def use_compile(cfg: StudyConfig, device: torch.device) -> bool:
-    """``compile: auto`` compiles the fine-tuned trunk on GPU only (CPU inductor builds cost minutes)."""
+# Where a compiled step was MEASURED faster than eager (bench/results/, same run, same device):
+# (device type, trunk) -> mode. ``compile: auto`` turns compile on only there. Empty: the last GPU
+# measurement (a compiled trunk with the loss left eager, 0.68x) showed no win, and the whole-step
+# compile has not yet run on a GPU; fill this from the device script's step table.
+COMPILE_WINS: dict[tuple[str, str], str] = {}
+
+
+def compile_mode(cfg: StudyConfig, device: torch.device) -> str:
+    """The training step's mode (harness.training.step): eager, compiled, or graphs (CUDA graphs)."""
     if cfg.compile == "auto":
-        return device.type == "cuda" and cfg.trunk == "finetune"
-    return bool(cfg.compile)
+        return COMPILE_WINS.get((device.type, cfg.trunk), "eager")
+    if cfg.compile == "graphs":
+        return "graphs"
+    return "compiled" if cfg.compile is True else "eager"
 
 
 class TrunkPool:
-    """One trunk module per worker, reset to its initial weights for every trial.
-
-    Keeping the same module object (and its compiled graph) across trials means a worker pays
-    torch.compile once per backbone and image size, not once per trial; the batch dimension
-    becomes dynamic after the first size change (one recompile, not one per trial).
-    """
+    """One trunk module per worker, reset to its initial weights for every trial (a pretrained
+    trunk is built and loaded once per worker, not once per trial)."""
 
     def __init__(self, cfg: StudyConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.trunk: nn.Module | None = None
         self.initial: dict[str, torch.Tensor] = {}
-        self.compiled: nn.Module | None = None
-        self.compile_s = 0.0
 
     def get(self) -> nn.Module:
         if self.trunk is None:
@@ -162,37 +164,16 @@ class TrunkPool:
                 trunk = trunk.to(memory_format=torch.channels_last)
             self.initial = {k: v.detach().clone() for k, v in trunk.state_dict().items()}
             self.trunk = trunk
-            self.compiled = self._compile(trunk) if use_compile(self.cfg, self.device) else trunk
         elif self.trunk_is_random():
             # random init: each trial draws its own weights from its seeded RNG, as a fresh model would
             fresh, _ = create_trunk(self.cfg.backbone, False, None)
             self.trunk.load_state_dict(fresh.state_dict())
         else:
             self.trunk.load_state_dict(self.initial)
-        assert self.compiled is not None
-        return self.compiled
+        return self.trunk
 
     def trunk_is_random(self) -> bool:
         return not self.cfg.pretrained and not self.cfg.checkpoint
-
-    def _compile(self, trunk: nn.Module) -> nn.Module:
-        """Compile and warm up once, timing it; the warm-up's effect on weights/BN stats is undone."""
-        compiled = torch.compile(trunk)
-        size = self.cfg.image_size
-        x = torch.randn(32, 3, size, size, device=self.device).contiguous(
-            memory_format=input_layout(self.device)
-        )
-        torch._dynamo.mark_dynamic(x, 0)  # every trial's batch size reuses this one graph
-        t0 = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            compiled(x).float().sum().backward()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.compile_s = time.perf_counter() - t0
-        trunk.zero_grad(set_to_none=True)
-        trunk.load_state_dict(self.initial)
-        log.info("compiled %s in %.1f s", self.cfg.backbone, self.compile_s)
-        return compiled  # type: ignore[return-value]
 
 
 def build_model(

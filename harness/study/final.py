@@ -55,7 +55,15 @@ from harness.study.config import (
     evaluation_units,
     param_values,
 )
-from harness.study.data import Prepared, TrunkPool, build_model, final_sources, prepare, resolve_device
+from harness.study.data import (
+    Prepared,
+    TrunkPool,
+    build_model,
+    compile_mode,
+    final_sources,
+    prepare,
+    resolve_device,
+)
 from harness.study.runner import check_writable, load_study, study_uid, tracker_for
 from harness.training import TrialParams, evaluate_source, train
 
@@ -194,6 +202,7 @@ class Evaluator:
         self.tracker = tracker_for(cfg)
         self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
         self.pool = TrunkPool(cfg, self.device)
+        self.mode = compile_mode(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
 
     def path(self, unit: Unit) -> Path:
@@ -246,7 +255,9 @@ class Evaluator:
             torch.manual_seed(unit.seed)
             self.trainval_src.reseed(unit.seed)
             model = build_model(self.prep, p, device, self.pool)
-            history = train(model, p, self.trainval_src, unit.epochs, device, seed=unit.seed)
+            history = train(
+                model, p, self.trainval_src, unit.epochs, device, seed=unit.seed, compile_mode=self.mode
+            )
             train_s = time.perf_counter() - t0
             m = evaluate_source(model, self.test_src, p.distance, device, nmi=True, per_query=q)
             row |= {

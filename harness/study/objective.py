@@ -16,7 +16,7 @@ import torch
 
 from harness.progress import duration
 from harness.study.config import PARAM_DEFAULTS, StudyConfig
-from harness.study.data import Prepared, TrunkPool, build_model, hpo_sources
+from harness.study.data import Prepared, TrunkPool, build_model, compile_mode, hpo_sources
 from harness.study.storage import OWNER_ATTR, owner_record
 from harness.tracking import Tracker
 from harness.training import TrainingDiverged, TrialParams, train
@@ -64,7 +64,8 @@ class Objective:
         self.tracker, self.parent_run = tracker, parent_run
         self.uid = uid  # the study incarnation: checkpoints and events of another are never mixed in
         self.train_src, self.val_src = hpo_sources(prep, device)
-        self.pool = TrunkPool(cfg, device)  # the worker's one trunk (and compiled graph) for all trials
+        self.pool = TrunkPool(cfg, device)  # the worker's one trunk for all trials
+        self.mode = compile_mode(cfg, device)  # the training step: eager, compiled or CUDA graphs
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
 
     def trial_dir(self, number: int) -> Path:
@@ -166,9 +167,6 @@ class Objective:
             torch.manual_seed(seed)
             self.train_src.reseed(seed)
             model = build_model(self.prep, params, self.device, self.pool)
-            if run is not None and self.pool.compile_s:
-                self.tracker.log_metrics(run, {"compile_s": self.pool.compile_s})  # type: ignore[union-attr]
-                self.pool.compile_s = 0.0  # logged once, with the trial that paid it
             if resume is not None:
                 for h in resume["history"]:  # the pruner and MLflow see the epochs done before the kill
                     on_epoch(int(h["epoch"]), h)
@@ -184,6 +182,7 @@ class Objective:
                 on_epoch=on_epoch,
                 resume=resume,
                 on_checkpoint=checkpoint.save if ckpt_on else None,
+                compile_mode=self.mode,
             )
             state = "COMPLETE"
         except optuna.TrialPruned:

@@ -14,6 +14,8 @@ import logging
 import math
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +42,7 @@ from harness.study.sampler import make_sampler
 from harness.study.storage import BudgetLock, budget_lock, open_storage
 from harness.tracking import Tracker
 from harness.tracking.mlflow_tracker import sqlite_path
+from harness.training.trainer import cpus_available
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +459,59 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
                     f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space,"
                     f" permissions and the storage under {cfg.results}, then rerun: {then}"
                 ) from None
+
+
+def run_worker_group(
+    cfg: StudyConfig, config_path: str | Path, worker: int = 0, threads: int | None = None
+) -> int:
+    """``workers_per_gpu`` worker processes on this machine's device, as one job (one Snakemake job
+    or SLURM job per GPU): small trials (small images, a frozen trunk) leave a GPU mostly waiting
+    for one process's host work, and several processes overlap it. Worker ``w`` of the job runs
+    processes ``w * n .. w * n + n - 1``; each gets ``threads // n`` CPU threads. Returns the number
+    of trials they ran."""
+    n = int(cfg.workers_per_gpu)
+    if n == 1:
+        return run_worker(cfg, worker)
+    per = max(1, (threads or cpus_available()) // n)
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "--threads",
+        str(per),
+        "study",
+        "worker",
+        "--config",
+        str(config_path),
+    ]
+    procs = [subprocess.Popen([*cmd, "--worker", str(worker * n + i), "--processes", "1"]) for i in range(n)]
+    log.info("worker group %d: %d processes on one device, %d threads each", worker, n, per)
+
+    def forward(signum: int, frame: object) -> None:  # SLURM's SIGTERM reaches every process
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = (
+        signal.signal(signal.SIGTERM, forward)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    bad = [(worker * n + i, c) for i, c in enumerate(codes) if c != 0]
+    if bad:
+        raise HarnessError(
+            f"worker group {worker}: process(es) {', '.join(f'{w} (exit {c})' for w, c in bad)} failed; their"
+            " errors are above; finished trials are kept, rerun to go on"
+        )
+    return finished(load_study(cfg))
 
 
 def _loop(

@@ -17,9 +17,9 @@ from harness.errors import HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.losses import get_distance
 from harness.mining import get_miner
-from harness.mining.base import farness, indexed_loss
 from harness.training.checkpoint import rng_state, set_rng_state
 from harness.training.sources import Source
+from harness.training.step import TrainStep
 
 
 class TrainingDiverged(HarnessError):
@@ -150,6 +150,7 @@ def train(
     miner_impl: str = "own",
     resume: dict | None = None,
     on_checkpoint: CheckpointCallback | None = None,
+    compile_mode: str = "eager",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; return one dict of statistics per epoch (``on_epoch`` sees each).
 
@@ -168,9 +169,8 @@ def train(
     miner = get_miner(
         params.mining, distance, params.margin, dev_gen, impl=miner_impl, refresh_every=params.refresh_every
     )
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
-    )
+    step = TrainStep(model, miner, params.margin, params.lr, params.weight_decay, device, compile_mode)
+    opt = step.opt
     labels = train_src.labels
     sampler = PKSampler(labels.cpu().numpy(), params.batch_p, params.batch_k, seed)
     per_epoch = len(sampler) * params.batch_size  # images per epoch, the same for every strategy
@@ -209,27 +209,16 @@ def train(
             fixed = (ar, ar + per_step, ar + 2 * per_step)
         else:
             batches = torch.from_numpy(np.stack(list(sampler))).to(device)  # one copy per epoch
+            fixed = None
         losses, active, mined = [], torch.zeros((), device=device), torch.zeros((), device=device)
         for idx in batches:
-            m0 = timer.mark()
+            marks = [timer.mark()]
             x = train_src.batch(idx, train=True)
             y = labels[idx]
-            m1 = timer.mark()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                emb = model(x).float()
-            m2 = timer.mark()
-            if miner.offline:
-                f = farness(distance, emb)
-                loss, n_active, n_mined = indexed_loss(
-                    f, *fixed, torch.ones_like(ar, dtype=torch.bool), params.margin
-                )
-            else:
-                loss, n_active, n_mined = miner.loss(emb, y)
-            m3 = timer.mark()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            timer.step([m0, m1, m2, m3, timer.mark()])
+            marks.append(timer.mark())
+            loss, n_active, n_mined = step(x, None if miner.offline else y, fixed, marks, timer.mark)
+            marks.append(timer.mark())
+            timer.step(marks)
             losses.append(loss.detach())
             active += n_active
             mined += n_mined
@@ -250,6 +239,7 @@ def train(
             "active_fraction": float(active) / max(float(mined), 1.0),
             "triplets_per_step": float(mined) / max(len(batches), 1),
             "images_processed": float(images_seen),
+            "compile_s": step.compile_s if epoch == first else 0.0,  # the first step, compile included
             # how busy the machine was: throughput measured under contention is flagged in the report
             **host_load(wall0, cpu0),
         }
