@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "checkpoint": None,
     "trunk": "frozen",
+    # trunk: partial: augmented views cached per training image (each epoch draws one), and their seed
+    "partial": {"views": 4, "seed": 0},
     # the training step (harness.training.step): false = eager, true = one compiled graph + fused
     # AdamW, graphs = that plus CUDA graphs; auto = compiled only where measured faster (none yet)
     "compile": "auto",
@@ -70,7 +72,13 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "embedding_dim": 128,
     "weight_decay": 1e-4,
     "refresh_every": 1,
+    # trunk: partial only
+    "train_blocks": 1,
+    "trunk_lr": 1e-5,
+    "bn": "frozen",
 }
+PARTIAL_PARAMS = ("train_blocks", "trunk_lr", "bn")
+BN_MODES = ("frozen", "train")
 
 # Where to look when data_root is not set: the shared read-only copies, by dataset.
 SHARED_COPIES = {"cub": "../shared/data/cub200-128"}
@@ -142,6 +150,7 @@ PROTOCOL_KEYS = (
     "pretrained",
     "checkpoint",
     "trunk",
+    "partial",
     "image_size",
     "cache_size",
     "epochs",
@@ -151,10 +160,14 @@ PROTOCOL_KEYS = (
 )
 
 
+def protocol_keys(raw: dict) -> tuple[str, ...]:
+    return tuple(k for k in PROTOCOL_KEYS if k != "partial" or raw.get("trunk") == "partial")
+
+
 def protocol_changes(stored: dict, raw: dict) -> list[str]:
     """What differs between a stored study's config and this one, key by key: 'key: stored A, now B'."""
     out = []
-    for k in PROTOCOL_KEYS:
+    for k in dict.fromkeys(protocol_keys(stored) + protocol_keys(raw)):
         a, b = stored.get(k), raw.get(k)
         if k == "search_space" and isinstance(a, dict) and isinstance(b, dict):
             for p in sorted(set(a) | set(b)):
@@ -221,8 +234,9 @@ class StudyConfig:
         return {k: v for k, v in self.raw["search_space"].items() if not isinstance(v, dict)}
 
     def space_hash(self) -> str:
-        """Identifies what the trials of a stored study mean; a mismatch must not be mixed in."""
-        body = json.dumps({k: self.raw[k] for k in PROTOCOL_KEYS}, sort_keys=True, default=str)
+        """Identifies what the trials of a stored study mean; a mismatch must not be mixed in.
+        (Keys a study's trunk does not use stay out, so adding one never changes older studies.)"""
+        body = json.dumps({k: self.raw[k] for k in protocol_keys(self.raw)}, sort_keys=True, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -269,6 +283,7 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
                     f"{source}: search_space.{key}: unknown {kind} {v!r}; known {kind}s: {', '.join(known)}"
                 )
     _check_space(space, source)
+    _check_partial(raw, source)
     if float(raw["evaluate"]["reference_margin"]) <= 0:
         raise ConfigError(
             f"{source}: evaluate.reference_margin: {raw['evaluate']['reference_margin']} is not > 0;"
@@ -284,6 +299,7 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
 POSITIVE = {
     "margin": "a triplet margin must be positive (at 0 every correctly ordered triplet is loss-free)",
     "lr": "a learning rate must be positive",
+    "trunk_lr": "a learning rate must be positive",
 }
 NON_NEGATIVE = {"weight_decay": "weight decay cannot be negative"}
 
@@ -313,6 +329,47 @@ def _check_space(space: dict, source: str) -> None:
         lowest = min(param_values(space.get(key, PARAM_DEFAULTS[key])))
         if lowest < 2:
             raise ConfigError(f"{source}: search_space.{key}: values must be >= 2 for triplets, got {lowest}")
+
+
+# Backbone name patterns with a stage structure models.partial can cut, and their stage counts
+# (the trunk, once built, is checked again by its class).
+PARTIAL_FAMILIES = (
+    (("efficientnet_", "tf_efficientnet_"), 7, 0, "EfficientNet"),
+    (("test_efficientnet",), 5, 0, "EfficientNet"),
+    (("resnet", "test_resnet"), 4, 1, "ResNet"),
+    (("convnext", "test_convnext"), 4, 0, "ConvNeXt"),
+)
+
+
+def _check_partial(raw: dict, source: str) -> None:
+    space = raw["search_space"]
+    if raw["trunk"] != "partial":
+        extra = [k for k in PARTIAL_PARAMS if k in space]
+        if extra:
+            raise ConfigError(
+                f"{source}: search_space.{extra[0]} applies only to trunk: partial (trunk is {raw['trunk']})"
+            )
+        return
+    for v in param_values(space.get("bn", PARAM_DEFAULTS["bn"])):
+        if v not in BN_MODES:
+            raise ConfigError(f"{source}: search_space.bn: unknown value {v!r}; known: {', '.join(BN_MODES)}")
+    name = raw["backbone"]
+    match = [f for f in PARTIAL_FAMILIES if name.startswith(f[0])]
+    if not match:
+        families = "; ".join(
+            f"{fam} ({', '.join(p + '*' for p in pre)})" for pre, _, _, fam in PARTIAL_FAMILIES
+        )
+        raise ConfigError(
+            f"{source}: trunk: partial needs a backbone with stages it can cut; {name!r} is not one of:"
+            f" {families}"
+        )
+    _, n, low, fam = match[0]
+    for v in param_values(space.get("train_blocks", PARAM_DEFAULTS["train_blocks"])):
+        if not low <= int(v) <= n:
+            raise ConfigError(
+                f"{source}: search_space.train_blocks: {v} is outside {low}..{n}, the range for {name}"
+                f" ({fam}, {n} stages; 0 trains only the layers after the last stage)"
+            )
 
 
 def check_carve_out(n_train_classes: int, val_fraction: float, widest_p: int, where: str) -> None:

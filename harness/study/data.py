@@ -20,7 +20,10 @@ from harness.data.cache import load_image_cache
 from harness.data.splits import Split, make_split, write_manifest
 from harness.errors import DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
+from harness.models.activations import Activations, build_activations, load_activations
+from harness.models.activations import cache_stem as activation_stem
 from harness.models.embedder import Embedder
+from harness.models.partial import Bottom, Top, check_train_blocks
 from harness.study.config import (
     PARAM_DEFAULTS,
     SHARED_COPIES,
@@ -30,7 +33,7 @@ from harness.study.config import (
     param_values,
 )
 from harness.study.guard import refuse_changed
-from harness.training import FeatureSource, ImageSource, Source, TrialParams
+from harness.training import ActivationSource, FeatureSource, ImageSource, Source, TrialParams
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Prepared:
     images_u8: np.ndarray
     features: np.ndarray | None
     trunk_info: TrunkInfo
+    activations: dict[int, Activations] | None = None  # trunk: partial: per cut (train_blocks)
 
 
 def prepare(
@@ -97,38 +101,95 @@ def prepare(
     widest = max(param_values(cfg.search_space.get("batch_p", PARAM_DEFAULTS["batch_p"])))
     n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
     check_carve_out(n_train, cfg.val_fraction, int(widest), cfg.name)
+    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+    cuts = partial_cuts(cfg)
+    if cfg.trunk == "partial":
+        check_train_blocks(trunk, cuts, cfg.backbone)  # by the trunk's class, before anything is written
     if write:
         refuse_changed(cfg, split.manifest)  # another copy of the data must not replace the manifest
         write_manifest(split, cfg.study_dir / "split_manifest.json")
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)
     images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
-    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
-    features = None
+    features = activations = None
     if cfg.trunk == "frozen":
         path = feature_cache_path(
             cfg.cache_dir, cfg.dataset, images.cache_key(), info, cfg.image_size, cfg.cache_px
         )
         features = trunk_features(trunk, info, images_u8, cfg.image_size, path, device)
-    return Prepared(cfg, images, split, images_u8, features, info)
+    elif cfg.trunk == "partial":
+        activations = partial_activations(cfg, images, spec, trunk, info, images_u8, cuts, device)
+    return Prepared(cfg, images, split, images_u8, features, info, activations)
 
 
-def _source(prep: Prepared, idx: np.ndarray, device: torch.device, seed: int) -> Source:
+def partial_cuts(cfg: StudyConfig) -> list[int]:
+    spec = cfg.search_space.get("train_blocks", PARAM_DEFAULTS["train_blocks"])
+    if isinstance(spec, dict) and "low" in spec:
+        return list(range(int(spec["low"]), int(spec["high"]) + 1, int(spec.get("step", 1))))
+    return sorted({int(v) for v in param_values(spec)})
+
+
+def partial_activations(
+    cfg: StudyConfig,
+    images: ImageList,
+    spec: object,
+    trunk: nn.Module,
+    info: TrunkInfo,
+    images_u8: np.ndarray,
+    cuts: list[int],
+    device: torch.device,
+) -> dict[int, Activations]:
+    """Every cut the search space reaches, cached (the missing ones computed in one pass)."""
+    views, seed = int(cfg.partial["views"]), int(cfg.partial["seed"])
+    aug_idx = np.flatnonzero(np.isin(images.labels, list(spec.train_classes)))  # type: ignore[attr-defined]
+    key = images.cache_key()
+    stems = {
+        k: activation_stem(
+            cfg.cache_dir, cfg.dataset, key, info, cfg.image_size, cfg.cache_px, k, views, seed, aug_idx
+        )
+        for k in cuts
+    }
+    loaded = {k: load_activations(stems[k], k, len(images), views, aug_idx) for k in cuts}
+    missing = {k: stems[k] for k, a in loaded.items() if a is None}
+    if missing:
+        log.info(
+            "partial activations for cut(s) %s: %d images, %d views each", sorted(missing), len(images), views
+        )
+        build_activations(
+            Bottom(trunk), info, images_u8, cfg.image_size, missing, views, seed, aug_idx, device
+        )
+        loaded |= {k: load_activations(stems[k], k, len(images), views, aug_idx) for k in missing}
+    out = {k: a for k, a in loaded.items() if a is not None}
+    if len(out) != len(cuts):  # pragma: no cover - a cache that cannot be rebuilt
+        raise DataError(f"the activation cache under {cfg.cache_dir / 'activations'} could not be built")
+    return out
+
+
+def _source(prep: Prepared, idx: np.ndarray, device: torch.device, seed: int, cut: int | None) -> Source:
     labels = prep.images.labels
     if prep.features is not None:
         return FeatureSource(prep.features, labels, idx, device)
+    if prep.activations is not None:
+        acts = prep.activations[cut if cut is not None else min(prep.activations)]
+        return ActivationSource(acts.centre, acts.views, acts.view_rows, labels, idx, device, seed)
     info = prep.trunk_info
     return ImageSource(prep.images_u8, labels, idx, prep.cfg.image_size, info.mean, info.std, device, seed)
 
 
-def hpo_sources(prep: Prepared, device: torch.device) -> tuple[Source, Source]:
-    """Train-minus-val and val classes: everything hyperparameter search may see."""
-    return _source(prep, prep.split.train, device, prep.cfg.seed), _source(prep, prep.split.val, device, 0)
+def hpo_sources(prep: Prepared, device: torch.device, cut: int | None = None) -> tuple[Source, Source]:
+    """Train-minus-val and val classes: everything hyperparameter search may see (``cut``: the
+    trial's train_blocks, for trunk: partial)."""
+    train = _source(prep, prep.split.train, device, prep.cfg.seed, cut)
+    return train, _source(prep, prep.split.val, device, 0, cut)
 
 
-def final_sources(prep: Prepared, device: torch.device, seed: int) -> tuple[Source, Source]:
+def final_sources(
+    prep: Prepared, device: torch.device, seed: int, cut: int | None = None
+) -> tuple[Source, Source]:
     """All train classes and the TEST classes: for the final evaluation of chosen configs only."""
-    return _source(prep, prep.split.trainval, device, seed), _source(prep, prep.split.test, device, 0)
+    return _source(prep, prep.split.trainval, device, seed, cut), _source(
+        prep, prep.split.test, device, 0, cut
+    )
 
 
 # Where a compiled step was MEASURED faster than eager (bench/results/, same run, same device):
@@ -185,4 +246,6 @@ def build_model(
     if cfg.trunk == "frozen":
         return head
     pool = pool or TrunkPool(cfg, device)
+    if cfg.trunk == "partial":  # the trainable top, copied from the worker's (pretrained) trunk
+        return Embedder(Top(pool.get(), params.train_blocks).to(device), head)
     return Embedder(pool.get(), head)

@@ -49,6 +49,7 @@ from harness.models.features import embed_images
 from harness.progress import Progress, duration
 from harness.study.config import (
     PARAM_DEFAULTS,
+    PARTIAL_PARAMS,
     StudyConfig,
     evaluation_seeds,
     evaluation_shard,
@@ -105,6 +106,18 @@ def baseline_embeddings(prep: Prepared, device: torch.device) -> torch.Tensor:
     idx = prep.split.test
     if prep.features is not None:
         return torch.from_numpy(prep.features[idx].copy())
+    if prep.activations is not None:  # the pretrained top on the cached centre views: the same features
+        from harness.models.partial import Top
+
+        cut = min(prep.activations)
+        top = Top(TrunkPool(prep.cfg, device).get(), cut).to(device).eval()
+        centre = prep.activations[cut].centre
+        with torch.inference_mode():
+            parts = [
+                top(torch.from_numpy(np.asarray(centre[idx[i : i + 256]], dtype=np.float32)).to(device)).cpu()
+                for i in range(0, len(idx), 256)
+            ]
+        return torch.cat(parts)
     from harness.models import create_trunk
 
     trunk, info = create_trunk(prep.cfg.backbone, prep.cfg.pretrained, prep.cfg.checkpoint)
@@ -117,13 +130,18 @@ def trial_params(trial: FrozenTrial, cfg: StudyConfig) -> TrialParams:
     if "trial_params" in trial.user_attrs:
         return TrialParams(**trial.user_attrs["trial_params"])
     fixed = cfg.fixed_params
-    return TrialParams(**{k: trial.params.get(k, fixed.get(k, PARAM_DEFAULTS[k])) for k in PARAM_DEFAULTS})
+    return TrialParams(**{k: trial.params.get(k, fixed.get(k, v)) for k, v in defaults(cfg).items()})
+
+
+def defaults(cfg: StudyConfig) -> dict:
+    """The values of parameters the search space leaves out (the trainable trunk's only for partial)."""
+    return {k: v for k, v in PARAM_DEFAULTS.items() if cfg.trunk == "partial" or k not in PARTIAL_PARAMS}
 
 
 def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     """The default recipe (values fixed in the search space kept) at the reference margin, once per
     mining strategy the study searched: fixed before any result is seen."""
-    base = PARAM_DEFAULTS | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
+    base = defaults(cfg) | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
     minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
     return [TrialParams(**(base | {"mining": m})) for m in minings]
 
@@ -198,12 +216,19 @@ class Evaluator:
         self.device = resolve_device(cfg.device)
         self.prep = prepare(cfg, self.device, write=False)
         self.split = _check_protocol(cfg, self.prep, self.study)
-        self.trainval_src, self.test_src = final_sources(self.prep, self.device, int(cfg.evaluate["seed"]))
+        self._sources: dict = {}
         self.tracker = tracker_for(cfg)
         self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
         self.pool = TrunkPool(cfg, self.device)
         self.mode = compile_mode(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
+
+    def sources_for(self, p: TrialParams) -> tuple:
+        """All train classes and the test classes (for trunk: partial, at the config's cut)."""
+        cut = p.train_blocks if self.cfg.trunk == "partial" else None
+        if cut not in self._sources:
+            self._sources[cut] = final_sources(self.prep, self.device, int(self.cfg.evaluate["seed"]), cut)
+        return self._sources[cut]
 
     def path(self, unit: Unit) -> Path:
         """One file per run, named by what it ran (not by its rank, which changes as trials come in)."""
@@ -253,13 +278,14 @@ class Evaluator:
                 "%s (%s), seed %d: %d epochs on all train classes", unit.label, p, unit.seed, unit.epochs
             )
             torch.manual_seed(unit.seed)
-            self.trainval_src.reseed(unit.seed)
+            trainval_src, test_src = self.sources_for(p)
+            trainval_src.reseed(unit.seed)
             model = build_model(self.prep, p, device, self.pool)
             history = train(
-                model, p, self.trainval_src, unit.epochs, device, seed=unit.seed, compile_mode=self.mode
+                model, p, trainval_src, unit.epochs, device, seed=unit.seed, compile_mode=self.mode
             )
             train_s = time.perf_counter() - t0
-            m = evaluate_source(model, self.test_src, p.distance, device, nmi=True, per_query=q)
+            m = evaluate_source(model, test_src, p.distance, device, nmi=True, per_query=q)
             row |= {
                 "seed": unit.seed,
                 "val_recall@1": unit.val_r1,

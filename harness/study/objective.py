@@ -15,17 +15,17 @@ import optuna
 import torch
 
 from harness.progress import duration
-from harness.study.config import PARAM_DEFAULTS, StudyConfig
+from harness.study.config import PARAM_DEFAULTS, PARTIAL_PARAMS, StudyConfig
 from harness.study.data import Prepared, TrunkPool, build_model, compile_mode, hpo_sources
 from harness.study.storage import OWNER_ATTR, owner_record
 from harness.tracking import Tracker
-from harness.training import TrainingDiverged, TrialParams, train
+from harness.training import Source, TrainingDiverged, TrialParams, train
 from harness.training.checkpoint import TrialCheckpoint
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("harness.progress")
 
-INT_PARAMS = {"batch_p", "batch_k", "embedding_dim", "refresh_every"}
+INT_PARAMS = {"batch_p", "batch_k", "embedding_dim", "refresh_every", "train_blocks"}
 ORDER = ("margin", "batch_p", "batch_k", "distance", "mining", "lr", "embedding_dim", "weight_decay")
 
 
@@ -42,11 +42,14 @@ def _suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
     return spec  # fixed value: not searched, but recorded with the trial
 
 
-def suggest_params(trial: optuna.Trial, space: dict[str, Any]) -> TrialParams:
-    """Suggest names equal the config keys; a miner's own knobs exist only when it is chosen."""
+def suggest_params(trial: optuna.Trial, space: dict[str, Any], partial: bool = False) -> TrialParams:
+    """Suggest names equal the config keys; a miner's own knobs exist only when it is chosen, and
+    the trainable trunk's (train_blocks, trunk_lr, bn) only with ``trunk: partial``."""
     values = {k: _suggest(trial, k, space.get(k, PARAM_DEFAULTS[k])) for k in ORDER}
     if str(values["mining"]).startswith("offline-"):
         values["refresh_every"] = _suggest(trial, "refresh_every", space.get("refresh_every", 1))
+    if partial:
+        values |= {k: _suggest(trial, k, space.get(k, PARAM_DEFAULTS[k])) for k in PARTIAL_PARAMS}
     return TrialParams(**values)
 
 
@@ -63,10 +66,18 @@ class Objective:
         self.cfg, self.prep, self.device = cfg, prep, device
         self.tracker, self.parent_run = tracker, parent_run
         self.uid = uid  # the study incarnation: checkpoints and events of another are never mixed in
-        self.train_src, self.val_src = hpo_sources(prep, device)
+        self.sources: dict[int | None, tuple[Source, Source]] = {}  # per cut (trunk: partial)
+        self.train_src, self.val_src = self.sources_for(None)
         self.pool = TrunkPool(cfg, device)  # the worker's one trunk for all trials
         self.mode = compile_mode(cfg, device)  # the training step: eager, compiled or CUDA graphs
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
+
+    def sources_for(self, cut: int | None) -> tuple[Source, Source]:
+        """The train and validation sources (for trunk: partial, those of the trial's cut)."""
+        if cut not in self.sources:
+            self.sources[cut] = hpo_sources(self.prep, self.device, cut)
+        self.train_src, self.val_src = self.sources[cut]
+        return self.sources[cut]
 
     def trial_dir(self, number: int) -> Path:
         return self.cfg.study_dir / "trials" / str(number)
@@ -91,7 +102,7 @@ class Objective:
         system = trial.storage.get_trial_system_attrs(trial._trial_id) if stored else {}
         if stored:
             trial.set_user_attr(OWNER_ATTR, owner_record(trial._trial_id))
-        params = suggest_params(trial, self.cfg.search_space)
+        params = suggest_params(trial, self.cfg.search_space, partial=self.cfg.trunk == "partial")
         trial.set_user_attr("trial_params", vars(params))  # fixed values too: evaluate re-trains with these
         retry_history = list(system.get("retry_history", []))
         # a retry continues its original's random streams: reproducible from (params, seed) alone
@@ -165,7 +176,10 @@ class Objective:
         state = "FAIL"
         try:
             torch.manual_seed(seed)
-            self.train_src.reseed(seed)
+            train_src, val_src = self.sources_for(
+                params.train_blocks if self.cfg.trunk == "partial" else None
+            )
+            train_src.reseed(seed)
             model = build_model(self.prep, params, self.device, self.pool)
             if resume is not None:
                 for h in resume["history"]:  # the pruner and MLflow see the epochs done before the kill
@@ -174,11 +188,11 @@ class Objective:
             train(
                 model,
                 params,
-                self.train_src,
+                train_src,
                 self.cfg.epochs,
                 self.device,
                 seed=seed,
-                val_src=self.val_src,
+                val_src=val_src,
                 on_epoch=on_epoch,
                 resume=resume,
                 on_checkpoint=checkpoint.save if ckpt_on else None,

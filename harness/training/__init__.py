@@ -1,9 +1,10 @@
 """Training a trial: input sources and the timed loop."""
 
-from harness.training.sources import FeatureSource, ImageSource, Source
+from harness.training.sources import ActivationSource, FeatureSource, ImageSource, Source
 from harness.training.trainer import TrainingDiverged, TrialParams, embed_source, evaluate_source, train
 
 __all__ = [
+    "ActivationSource",
     "FeatureSource",
     "ImageSource",
     "Source",

@@ -61,4 +61,40 @@ class ImageSource:
         return center_crop(x, self.size)
 
 
-Source = FeatureSource | ImageSource
+class ActivationSource:
+    """Partial fine-tuning: the frozen bottom's cached activations (fp16, resident on the device).
+
+    A training batch takes, per image, one of its ``V`` cached augmented views at random (from the
+    trial's seeded generator); evaluation and the offline mining pass take the centre view."""
+
+    def __init__(
+        self,
+        centre: np.ndarray,
+        views: np.ndarray | None,
+        view_rows: np.ndarray | None,
+        labels: np.ndarray,
+        idx: np.ndarray,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.centre = torch.from_numpy(np.ascontiguousarray(centre[idx])).to(device)
+        self.views = None
+        if views is not None and view_rows is not None and len(idx) and (view_rows[idx] >= 0).all():
+            self.views = torch.from_numpy(np.ascontiguousarray(views[view_rows[idx]])).to(device)
+        self.labels = torch.from_numpy(labels[idx]).to(device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def batch(self, i: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.views is not None:
+            v = torch.randint(self.views.shape[1], (len(i),), generator=self.generator, device=i.device)
+            return self.views[i, v].float()
+        return self.centre[i].float()
+
+
+Source = FeatureSource | ImageSource | ActivationSource

@@ -55,13 +55,14 @@ class TrainStep:
         weight_decay: float,
         device: torch.device,
         mode: str = "eager",
+        groups: list[dict] | None = None,
     ) -> None:
         if mode not in MODES:  # pragma: no cover - the config schema checks it
             raise ValueError(mode)
         if mode == "graphs" and device.type != "cuda":
             mode = "eager"  # CUDA graphs need CUDA
         self.model, self.miner, self.margin, self.device, self.mode = model, miner, margin, device, mode
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        trainable: list = list(groups) if groups else [p for p in model.parameters() if p.requires_grad]
         if mode == "graphs":
             self.opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, capturable=True)
         else:

@@ -17,6 +17,7 @@ from harness.errors import HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.losses import get_distance
 from harness.mining import get_miner
+from harness.models.partial import set_bn_frozen
 from harness.training.checkpoint import rng_state, set_rng_state
 from harness.training.sources import Source
 from harness.training.step import TrainStep
@@ -37,6 +38,9 @@ class TrialParams:
     embedding_dim: int
     weight_decay: float = 1e-4
     refresh_every: int = 1
+    train_blocks: int = 0  # trunk: partial: the backbone's last stages that train (see models.partial)
+    trunk_lr: float = 0.0  # the trainable trunk's learning rate (0: the head's lr)
+    bn: str = "train"  # BatchNorm in the trainable trunk: train (batch statistics) | frozen (pretrained)
 
     @property
     def batch_size(self) -> int:
@@ -138,6 +142,17 @@ class PhaseTimer:
         return out
 
 
+def param_groups(model: nn.Module, params: TrialParams) -> list[dict] | None:
+    """The trunk at ``trunk_lr``, the head at ``lr`` (None: one group, all at ``lr``)."""
+    trunk = getattr(model, "trunk", None)
+    if not params.trunk_lr or trunk is None:
+        return None
+    ids = {id(p) for p in trunk.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    own = [p for p in trunk.parameters() if p.requires_grad]
+    return [{"params": own, "lr": params.trunk_lr}, {"params": rest, "lr": params.lr}]
+
+
 def train(
     model: nn.Module,
     params: TrialParams,
@@ -169,7 +184,16 @@ def train(
     miner = get_miner(
         params.mining, distance, params.margin, dev_gen, impl=miner_impl, refresh_every=params.refresh_every
     )
-    step = TrainStep(model, miner, params.margin, params.lr, params.weight_decay, device, compile_mode)
+    step = TrainStep(
+        model,
+        miner,
+        params.margin,
+        params.lr,
+        params.weight_decay,
+        device,
+        compile_mode,
+        param_groups(model, params),
+    )
     opt = step.opt
     labels = train_src.labels
     sampler = PKSampler(labels.cpu().numpy(), params.batch_p, params.batch_k, seed)
@@ -189,6 +213,8 @@ def train(
     timer = PhaseTimer(device)
     for epoch in range(first, epochs + 1):
         model.train()
+        if params.bn == "frozen":
+            set_bn_frozen(model)
         offline_s = 0.0
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if miner.offline:

@@ -1,0 +1,157 @@
+"""Partial fine-tuning's cache: the frozen bottom's activations at each cut, computed once.
+
+For every image the centre view (evaluation, and the whole-set pass of offline mining), and for
+every image of the training classes ``views`` augmented views (random-resized-crop + flip, drawn
+from ``seed``): each training epoch draws one cached view per image. Stored fp16, memory-mapped.
+
+The key holds everything the numbers depend on: the image list and its files (``cache_key``), the
+backbone and its weights, the crop size and the cached image size, the cut, the number of views,
+the augmentation seed and which images have views. A cache from another cut or view count is never
+reused; a damaged one is set aside and rebuilt. All cuts a study needs come from one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.data.cache import open_cache
+from harness.data.transforms import center_crop, normalize, random_resized_crop_flip
+from harness.models.embedder import TrunkInfo
+from harness.models.partial import Bottom
+from harness.progress import Progress
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when the layout or the augmentation changes
+
+
+@dataclass(frozen=True)
+class Activations:
+    """One cut's cache: ``centre`` [N, C, H, W]; ``views`` [M, V, C, H, W] for the images in
+    ``view_rows`` (global index -> row, -1 for images without views)."""
+
+    cut: int
+    centre: np.ndarray
+    views: np.ndarray
+    view_rows: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.centre.shape[1:])
+
+
+def cache_stem(
+    cache_dir: Path,
+    dataset: str,
+    images_key: str,
+    info: TrunkInfo,
+    size: int,
+    cache_px: int,
+    cut: int,
+    views: int,
+    seed: int,
+    aug_idx: np.ndarray,
+) -> Path:
+    aug = hashlib.sha256(np.ascontiguousarray(aug_idx, dtype=np.int64).tobytes()).hexdigest()[:8]
+    name = (
+        f"{dataset}-{info.name}-{info.weights}-{size}of{cache_px}px-cut{cut}-v{views}-s{seed}-a{aug}"
+        f"-{images_key}-r{VERSION}"
+    )
+    return Path(cache_dir) / "activations" / name
+
+
+def _paths(stem: Path) -> tuple[Path, Path]:
+    return stem.with_name(stem.name + "-centre.npy"), stem.with_name(stem.name + "-views.npy")
+
+
+@torch.inference_mode()
+def build_activations(
+    bottom: Bottom,
+    info: TrunkInfo,
+    images_u8: np.ndarray,
+    size: int,
+    stems: dict[int, Path],
+    views: int,
+    seed: int,
+    aug_idx: np.ndarray,
+    device: torch.device,
+    batch_size: int = 64,
+) -> None:
+    """One pass of the frozen bottom over the centre views and the augmented views, writing every
+    cut in ``stems`` (``.part`` files renamed when complete)."""
+    bottom = bottom.to(device).eval()
+    cuts = sorted(stems)
+    probe = bottom(torch.zeros(1, 3, size, size, device=device), cuts)
+    n, m = len(images_u8), len(aug_idx)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    parts: dict[int, tuple[Path, Path]] = {}
+    for k in cuts:
+        c, v = _paths(stems[k])
+        c.parent.mkdir(parents=True, exist_ok=True)
+        pc, pv = c.with_name(c.name + f".{os.getpid()}.part"), v.with_name(v.name + f".{os.getpid()}.part")
+        shape = tuple(probe[k].shape[1:])
+        out[k] = (
+            np.lib.format.open_memmap(pc, mode="w+", dtype=np.float16, shape=(n, *shape)),
+            np.lib.format.open_memmap(pv, mode="w+", dtype=np.float16, shape=(m, views, *shape)),
+        )
+        parts[k] = (pc, pv)
+    mean = torch.tensor(info.mean, device=device)
+    std = torch.tensor(info.std, device=device)
+    progress = Progress(f"{info.name} activations at cut(s) {cuts}", n + m * views, "images")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    try:
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(np.array(images_u8[start : start + batch_size])).to(device)
+            with amp:
+                acts = bottom(center_crop(normalize(x, mean, std), size), cuts)
+            for k in cuts:
+                out[k][0][start : start + len(x)] = acts[k].float().cpu().numpy().astype(np.float16)
+            progress.update(len(x))
+        gen = torch.Generator(device=device)
+        for view in range(views):
+            gen.manual_seed(seed * 1000 + view)
+            for start in range(0, m, batch_size):
+                rows = aug_idx[start : start + batch_size]
+                x = torch.from_numpy(np.array(images_u8[rows])).to(device)
+                with amp:
+                    acts = bottom(random_resized_crop_flip(normalize(x, mean, std), size, gen), cuts)
+                for k in cuts:
+                    out[k][1][start : start + len(x), view] = acts[k].float().cpu().numpy().astype(np.float16)
+                progress.update(len(x))
+        for k in cuts:
+            for arr in out[k]:
+                arr.flush()  # type: ignore[attr-defined]
+        del out
+        for k in cuts:
+            centre_path, views_path = _paths(stems[k])
+            os.replace(parts[k][1], views_path)
+            os.replace(parts[k][0], centre_path)  # last: its presence marks the cut complete
+    except BaseException:
+        for pc, pv in parts.values():
+            pc.unlink(missing_ok=True)
+            pv.unlink(missing_ok=True)
+        raise
+
+
+def load_activations(stem: Path, cut: int, n: int, views: int, aug_idx: np.ndarray) -> Activations | None:
+    """The cut's cache, memory-mapped; None when missing (or damaged: set aside, to be rebuilt)."""
+    c, v = _paths(stem)
+    if not c.is_file() or not v.is_file():
+        return None
+    centre = np.load(c, mmap_mode="r")
+    shape = tuple(centre.shape[1:])
+    if open_cache(c, (n, *shape)) is None:
+        return None
+    arr = open_cache(v, (len(aug_idx), views, *shape))
+    if arr is None:
+        c.unlink(missing_ok=True)
+        return None
+    rows = np.full(n, -1, dtype=np.int64)
+    rows[aug_idx] = np.arange(len(aug_idx))
+    return Activations(cut, centre, arr, rows)
