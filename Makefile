@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial test test-slow lint dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local
 	@echo "report: results/cub-demo/report/index.html"
+
+## make demo-partial: the partial fine-tuning study (trunk: partial), end to end, about 25 min on 2 cores
+demo-partial: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile studies/cub-partial.yaml
+	@echo "report: results/cub-partial/report/index.html"
 
 ## make test: lint + the default test suite (CPU, tiny generated data)
 test: $(STAMP) lint

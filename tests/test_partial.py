@@ -81,6 +81,7 @@ def test_the_cache_key_changes_with_cut_views_size_weights_and_seed(tmp_path: Pa
         base | {"seed": 1},
         base | {"images_key": "other"},
         base | {"aug_idx": np.arange(6)},
+        base | {"precision": "bf16"},
     ]
     stems = {cache_stem(**o) for o in others}  # type: ignore[arg-type]
     assert ref not in stems and len(stems) == len(others)

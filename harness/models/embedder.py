@@ -15,11 +15,13 @@ from harness.models.pretrained import LITE0, LITE0_MEAN_STD, load_checkpoint, lo
 
 
 class EmbeddingHead(nn.Module):
-    """Linear projection to the embedding dim, then L2 normalisation (in fp32 for stability)."""
+    """Linear projection to the embedding dim, then L2 normalisation (in fp32 for stability).
+    ``dim = 0``: no projection, the trunk's own pooled features normalised (a fine-tuned trunk then
+    starts from exactly the pretrained embedding instead of a random projection of it)."""
 
     def __init__(self, in_features: int, dim: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(in_features, dim)
+        self.fc: nn.Module = nn.Linear(in_features, dim) if dim else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # the trunk may run in bf16; the head not
@@ -32,12 +34,16 @@ def input_layout(device: torch.device) -> torch.memory_format:
 
 
 class Embedder(nn.Module):
-    def __init__(self, trunk: nn.Module, head: EmbeddingHead) -> None:
+    """``layout``: the input memory format (default: ``input_layout`` of the device)."""
+
+    def __init__(
+        self, trunk: nn.Module, head: EmbeddingHead, layout: torch.memory_format | None = None
+    ) -> None:
         super().__init__()
-        self.trunk, self.head = trunk, head
+        self.trunk, self.head, self.layout = trunk, head, layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x.contiguous(memory_format=input_layout(x.device))))
+        return self.head(self.trunk(x.contiguous(memory_format=self.layout or input_layout(x.device))))
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,13 @@ PARTIAL_FAMILIES = (
 
 def _check_partial(raw: dict, source: str) -> None:
     space = raw["search_space"]
+    if raw["trunk"] == "frozen" and 0 in param_values(
+        space.get("embedding_dim", PARAM_DEFAULTS["embedding_dim"])
+    ):
+        raise ConfigError(
+            f"{source}: search_space.embedding_dim: 0 (no projection) leaves nothing to train with trunk:"
+            " frozen; use a dimension >= 1, or trunk: partial / finetune"
+        )
     if raw["trunk"] != "partial":
         extra = [k for k in PARTIAL_PARAMS if k in space]
         if extra:

@@ -150,7 +150,8 @@ def param_groups(model: nn.Module, params: TrialParams) -> list[dict] | None:
     ids = {id(p) for p in trunk.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     own = [p for p in trunk.parameters() if p.requires_grad]
-    return [{"params": own, "lr": params.trunk_lr}, {"params": rest, "lr": params.lr}]
+    groups = [{"params": own, "lr": params.trunk_lr}, {"params": rest, "lr": params.lr}]
+    return [g for g in groups if g["params"]]  # embedding_dim 0: the head has no parameters
 
 
 def train(
