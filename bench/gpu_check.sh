@@ -9,7 +9,7 @@
 # in this order, everything under $OUT (bench/results/<gpu>-<date>.md is written from it):
 #   1. compiled step vs compiled raw timm, B=256/224 px and B=128/112 px (and eager, as the baseline)
 #   2. study-level train img/s at B=128/112 px: 1 worker vs N workers on the GPU
-#   3. frozen-trunk trials/min (eager loop vs device-epoch path)
+#   3. frozen-trunk trials/min (eager vs CUDA graphs), and partial fine-tuning's train img/s per cut
 #   4. a real fine-tune study on CUB through the CLI: study run, evaluate, report
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
@@ -34,6 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 200 python3 bench/gpu_measure.py steps --out "$OUT" 2>&1 | tee "$OUT/steps.log"
 timeout 100 python3 bench/gpu_measure.py workers --out "$OUT" 2>&1 | tee "$OUT/workers.log"
 timeout 60 python3 bench/gpu_measure.py frozen --out "$OUT" 2>&1 | tee "$OUT/frozen.log"
+timeout 40 python3 bench/gpu_measure.py partial --out "$OUT" 2>&1 | tee "$OUT/partial.log"
 
 # 4: a real study on CUB (112 px copy) through the CLI
 if [ -f .data/cub112.tgz ]; then

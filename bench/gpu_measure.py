@@ -3,6 +3,7 @@
     python bench/gpu_measure.py steps   --out DIR   # compiled / graphed step vs raw timm, same process
     python bench/gpu_measure.py workers --out DIR   # train img/s: 1 eager worker vs N on one GPU
     python bench/gpu_measure.py frozen  --out DIR   # frozen-trunk trials/min, eager vs CUDA graphs
+    python bench/gpu_measure.py partial --out DIR   # partial fine-tuning's trial img/s per cut
     python bench/gpu_measure.py study-config --data ROOT --out DIR   # the CUB study's YAML
     python bench/gpu_measure.py summary --out DIR   # the markdown table for bench/results/
 
@@ -197,6 +198,15 @@ def frozen(out: Path) -> None:
     _save(out, "frozen", {"rows": rows})
 
 
+def partial(out: Path) -> None:
+    """Partial fine-tuning's trial (trunk: partial) from cached activations, on the GPU."""
+    import torch
+
+    from harness.bench import partial_bench
+
+    _save(out, "partial", partial_bench(torch.device("cuda"), n=4096))
+
+
 def study_config(data: Path, out: Path) -> None:
     """A real fine-tune study on CUB (112 px copy): a few trials and epochs, test R@1 vs baseline."""
     print(
@@ -266,6 +276,13 @@ def summary(out: Path) -> None:
         lines += [f"Frozen trunk, {r['mode']}: {r['trials_per_min']:.1f} trials/min" for r in f["rows"]] + [
             ""
         ]
+    pt = load("partial")
+    if pt:
+        lines += [
+            f"Partial trial, train_blocks {r['cut']}: {r['train_img_per_s']:,.0f} train img/s"
+            for r in pt["rows"]
+        ]
+        lines.append("")
     if (out / "test.csv").is_file():
         lines += ["CUB study (study.log, test.csv, comparisons.csv):", "", "```"]
         lines += [(out / "test.csv").read_text(), (out / "comparisons.csv").read_text(), "```"]
@@ -274,7 +291,9 @@ def summary(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=("steps", "workers", "frozen", "study-config", "summary", "worker-load"))
+    p.add_argument(
+        "part", choices=("steps", "workers", "frozen", "partial", "study-config", "summary", "worker-load")
+    )
     p.add_argument("--out", default="/tmp/gpu-check")
     p.add_argument("--data")
     p.add_argument("--mode", default="eager")
@@ -287,7 +306,9 @@ def main() -> None:
     elif a.part == "study-config":
         study_config(Path(a.data), out)
     else:
-        {"steps": steps, "workers": workers, "frozen": frozen, "summary": summary}[a.part](out)
+        {"steps": steps, "workers": workers, "frozen": frozen, "partial": partial, "summary": summary}[
+            a.part
+        ](out)
 
 
 if __name__ == "__main__":

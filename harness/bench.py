@@ -204,6 +204,46 @@ def frozen_bench(device: torch.device, trials: int = 5, compile_mode: str = "eag
     return {"trials": trials, "epochs": 8, "mode": compile_mode, "trials_per_min": trials / minutes}
 
 
+def partial_bench(
+    device: torch.device, backbone: str = "efficientnet_lite0", px: int = 128, n: int = 1024
+) -> dict:
+    """Train img/s of a partial trial (trunk: partial) at each cut of the demo study, from
+    activations shaped as ``backbone``'s at ``px`` (the cached bottom's output), one epoch of
+    ``n`` images with 1 of 4 views per image, as ``train`` runs it (channels_last top)."""
+    from harness.models.partial import Bottom, Top
+    from harness.training import ActivationSource
+
+    model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    rows = []
+    with torch.no_grad():
+        shapes = {
+            k: v.shape[1:] for k, v in Bottom(model).eval()(torch.zeros(1, 3, px, px), [0, 1, 2]).items()
+        }
+    labels = np.repeat(np.arange(n // 4), 4)  # P=16 classes x K=4 per batch, as the demo's best trial
+    for cut in (0, 1, 2):
+        g = np.random.default_rng(cut)
+        centre = g.standard_normal((n, *shapes[cut])).astype(np.float16)
+        views = g.standard_normal((n, 4, *shapes[cut])).astype(np.float16)
+        src = ActivationSource(centre, views, np.arange(n), labels, np.arange(n), device)
+        top = Top(model, cut).to(device).to(memory_format=torch.channels_last)
+        emb = Embedder(top, EmbeddingHead(int(model.num_features), 0), layout=torch.channels_last)  # type: ignore[arg-type]
+        params = TrialParams(
+            0.2,
+            16,
+            4,
+            "euclidean",
+            "distance-weighted",
+            1e-4,
+            0,
+            train_blocks=cut,
+            trunk_lr=1e-4,
+            bn="frozen",
+        )
+        h = train(emb, params, src, 2, device)[-1]  # the second epoch: warm
+        rows.append({"cut": cut, "input": list(shapes[cut]), "train_img_per_s": h["train_img_per_s"]})
+    return {"backbone": backbone, "img_size": px, "rows": rows}
+
+
 def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = None) -> dict:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cpu = device.type == "cpu"
@@ -229,6 +269,7 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
         "miners": [],
         "trial": None,
         "frozen": None,
+        "partial": None,
     }
     for backbone, batch, size in steps:
         for comp in compiles:
@@ -252,6 +293,7 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
             32 if cpu else 256,
         )
         result["frozen"] = frozen_bench(device)
+        result["partial"] = partial_bench(device)
     for name in ONLINE:
         for dim in dims:
             for b in sizes:
@@ -262,6 +304,9 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
                     f"PML {r['pml_ms']:9.2f} ms  speed-up {r['speedup']:7.2f}x"
                 )
     print(_trial_line(result["trial"]))
+    if result["partial"]:
+        for row in result["partial"]["rows"]:
+            print(f"partial trial, train_blocks {row['cut']}: {row['train_img_per_s']:.1f} train img/s")
     if result["frozen"]:
         print(f"frozen-trunk trials/min (CUB-sized features): {result['frozen']['trials_per_min']:.1f}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,6 +383,15 @@ def _markdown(r: dict) -> str:
             )
         )
     lines += ["", _trial_line(r["trial"])]
+    if r.get("partial"):
+        p = r["partial"]
+        lines += [
+            "",
+            f"Partial fine-tuning ({p['backbone']} at {p['img_size']} px, from cached activations):",
+            "",
+        ]
+        lines += [_row("train_blocks", "input (C, H, W)", "train img/s"), _row("---", "---", "---")]
+        lines += [_row(x["cut"], tuple(x["input"]), f"{x['train_img_per_s']:.1f}") for x in p["rows"]]
     if r["frozen"]:
         f = r["frozen"]
         lines += [

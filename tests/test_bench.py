@@ -27,3 +27,13 @@ def test_quick_bench_writes_ratios(tmp_path: Path) -> None:
     table = next(tmp_path.glob("*.md")).read_text()
     assert table.count("\n| ") == len(result["steps"]) + len(result["miners"]) + 4  # + 2 header rows each
     assert "loader stall" in table
+
+
+def test_partial_bench_times_a_trial_per_cut() -> None:
+    import torch
+
+    from harness.bench import partial_bench
+
+    r = partial_bench(torch.device("cpu"), backbone="test_efficientnet", px=64, n=64)
+    assert [row["cut"] for row in r["rows"]] == [0, 1, 2]
+    assert all(row["train_img_per_s"] > 0 for row in r["rows"])

@@ -27,7 +27,19 @@ from harness.report import figures as F
 from harness.study.config import StudyConfig, config_warnings
 from harness.study.runner import load_study, study_uid, tracker_for
 
-PARAMS = ("mining", "distance", "margin", "batch_p", "batch_k", "lr", "embedding_dim", "refresh_every")
+PARAMS = (
+    "mining",
+    "distance",
+    "margin",
+    "batch_p",
+    "batch_k",
+    "lr",
+    "embedding_dim",
+    "refresh_every",
+    "train_blocks",
+    "trunk_lr",
+    "bn",
+)
 
 
 @dataclass
@@ -171,8 +183,13 @@ def test_table(test: pd.DataFrame) -> pd.DataFrame:
             "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
             for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
         ]
-    for p, name in (("lr", "lr"), ("embedding_dim", "dim")):
-        if p in test:
+    for p, name in (
+        ("lr", "lr"),
+        ("embedding_dim", "dim"),
+        ("train_blocks", "blocks"),
+        ("trunk_lr", "trunk lr"),
+    ):
+        if p in test and (p not in ("train_blocks", "trunk_lr") or test[p].fillna(0).astype(float).any()):
             out[name] = [_param(v) for v in test[p]]
     out["epochs"] = test["epochs"]
     return out
@@ -182,6 +199,8 @@ def _param(v: object) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
+        if v == 0:
+            return "0"
         if v.is_integer() and abs(v) >= 1:
             return str(int(v))
         return f"{v:.1e}" if abs(v) < 0.01 else f"{v:.3g}"
