@@ -18,3 +18,13 @@ class ConfigError(HarnessError):
 def unknown_name(kind: str, name: str, known: list[str] | tuple[str, ...]) -> HarnessError:
     """The error for a registry miss, listing what would have worked."""
     return ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in error messages: scheme://user:***@host/db."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url

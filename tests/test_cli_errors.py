@@ -389,3 +389,16 @@ def test_report_unknown_study_name(tmp_path: Path, capsys: pytest.CaptureFixture
     code, _, err = cli(["report", "no-such-study"], capsys)
     msg = one_error_line(code, err)
     assert "unknown study 'no-such-study'" in msg and "studies/no-such-study.yaml" in msg
+
+
+def test_unreachable_mlflow_store_is_one_line_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_yaml(
+        tmp_path / "study.yaml",
+        tiny_study(tmp_path, mlflow_uri="postgresql://harness:s3cret@127.0.0.1:1/mlflow"),
+    )
+    code, _, err = cli(["study", "create", "--config", str(cfg)], capsys)
+    msg = one_error_line(code, err)
+    assert "MLflow tracking store postgresql://harness:***@127.0.0.1:1/mlflow" in msg, msg
+    assert "s3cret" not in msg and "check the URL" in msg

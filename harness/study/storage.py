@@ -38,7 +38,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, redact_url
 from harness.pipeline import route_optuna_logging
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def open_storage(
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HarnessError(
-            f"cannot open Optuna storage {_redact(url)}: {first}; check the URL, that the server is"
+            f"cannot open Optuna storage {redact_url(url)}: {first}; check the URL, that the server is"
             " running and reachable, and that its driver is installed (pip install psycopg2-binary)"
         ) from None
 
@@ -343,16 +343,6 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {}
-
-
-def _redact(url: str) -> str:
-    """Hide a password in error messages: scheme://user:***@host/db."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
 
 
 class BudgetLock:

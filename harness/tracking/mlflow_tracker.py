@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, redact_url
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -34,21 +35,50 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+# The PostgreSQL advisory-lock key every harness process uses while MLflow creates its schema.
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"harness-mlflow-schema").digest()[:8], "big", signed=True)
+
+
 @contextlib.contextmanager
-def schema_lock(db: Path) -> Iterator[None]:
-    """One process at a time creates or migrates the schema of an SQLite tracking database.
+def schema_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time creates or migrates the schema of a tracking database.
 
     MLflow migrates a new database on first use; two processes doing that at once (two first runs
-    in two terminals, N workers starting together) can crash and leave it half-migrated for good.
-    The lock is a file beside the database (MLflow's own lock lives in /tmp, which containers and
-    nodes do not share)."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".init.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    in two terminals, N workers starting together) crash, and on SQLite can leave the database
+    half-migrated for good. MLflow's own lock is a file in the local /tmp, which containers and the
+    nodes of a cluster do not share. SQLite: a file lock beside the database. PostgreSQL: a session
+    advisory lock in the database itself, freed by the server if the holder dies. Other stores
+    (an MLflow server over HTTP, MySQL) are left to MLflow."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".init.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif tracking_uri.startswith("postgresql"):
+        import psycopg2
+
+        dsn = "postgresql://" + tracking_uri.split("://", 1)[1]  # postgresql+psycopg2:// is SQLAlchemy's
         try:
+            conn = psycopg2.connect(dsn, connect_timeout=10)
+        except psycopg2.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HarnessError(
+                f"MLflow tracking store {redact_url(tracking_uri)}: {first}; check the URL, that the"
+                " server is up and that the database exists"
+            ) from None
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            conn.close()  # ends the session, which releases its advisory lock
+    else:
+        yield
 
 
 def check_schema(db: Path) -> None:
@@ -98,7 +128,7 @@ def check_schema(db: Path) -> None:
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
         db = sqlite_path(tracking_uri)
-        with schema_lock(db) if db is not None else contextlib.nullcontext():
+        with schema_lock(tracking_uri):
             if db is not None:
                 check_schema(db)
             self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -107,7 +137,7 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment)  # creates/migrates the schema
             except MlflowException as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise HarnessError(f"MLflow tracking store {tracking_uri}: {first}") from None
+                raise HarnessError(f"MLflow tracking store {redact_url(tracking_uri)}: {first}") from None
         self._experiment(exp, experiment, artifact_root)
 
     def _experiment(self, exp: Any, experiment: str, artifact_root: Path) -> None:
