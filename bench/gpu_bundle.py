@@ -160,8 +160,22 @@ def read_lock(path: Path) -> tuple[str, dict[str, str], list[str]]:
     return digest, bring, [p.strip() for p in provided.split(",") if p.strip()]
 
 
+def stale_wheels(folder: Path, bring: dict[str, str]) -> list[Path]:
+    """Wheels in ``folder`` the lock no longer names (another version, or a dropped package): left
+    there, the device's ``pip install .whl/*.whl`` would see two versions of one package and fail."""
+    stale = []
+    for whl in sorted(folder.glob("*.whl")):
+        name, version = whl.name.split("-")[:2]
+        if bring.get(normalize(name)) != version:
+            stale.append(whl)
+    return stale
+
+
 def download(bring: dict[str, str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    for whl in stale_wheels(out, bring):
+        whl.unlink()
+        print(f"removed {whl.name}: not in the lock")
     pins = [f"{n}=={v}" for n, v in sorted(bring.items())]
     cmd = [
         sys.executable,

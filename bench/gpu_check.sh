@@ -30,20 +30,34 @@ if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
-# 1-3: one Python process per part, each with its own time limit, so one part's failure leaves the others
-timeout 200 python3 bench/gpu_measure.py steps --out "$OUT" 2>&1 | tee "$OUT/steps.log"
-timeout 100 python3 bench/gpu_measure.py workers --out "$OUT" 2>&1 | tee "$OUT/workers.log"
-timeout 60 python3 bench/gpu_measure.py frozen --out "$OUT" 2>&1 | tee "$OUT/frozen.log"
-timeout 40 python3 bench/gpu_measure.py partial --out "$OUT" 2>&1 | tee "$OUT/partial.log"
+# Every part runs under its own limit, cut to what is left of BUDGET seconds (default 480: the
+# issue's 8 minutes; the device call's timeout_s 540 leaves room for the start and the copy back),
+# and the summary is rewritten after each part, so a part that fails or runs out loses only itself.
+BUDGET=${BUDGET:-480}
+part() {  # part LIMIT LOG CMD...: run CMD with min(LIMIT, time left - 15 s), tee to $OUT/LOG
+  local limit=$1 log=$2; shift 2
+  local left=$((BUDGET - SECONDS - 15))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then echo "skipped (budget spent): $*" | tee -a "$OUT/$log"; return; fi
+  timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+  python3 bench/gpu_measure.py summary --out "$OUT" > "$OUT/summary.md" 2>/dev/null
+}
+
+# 1-3: one Python process per part, so one part's failure leaves the others
+part 150 steps.log python3 bench/gpu_measure.py steps --out "$OUT"
+part 120 workers.log python3 bench/gpu_measure.py workers --out "$OUT"
+part 50 frozen.log python3 bench/gpu_measure.py frozen --out "$OUT"
+part 30 partial.log python3 bench/gpu_measure.py partial --out "$OUT"
 
 # 4: a real study on CUB (112 px copy) through the CLI
 if [ -f .data/cub112.tgz ]; then
   mkdir -p /tmp/cub && tar -xzf .data/cub112.tgz -C /tmp/cub
   python3 bench/gpu_measure.py study-config --data /tmp/cub/CUB_200_2011 --out "$OUT" > "$OUT/study.yaml"
-  timeout 150 python3 -m harness.cli study run --config "$OUT/study.yaml" 2>&1 | tail -40 | tee "$OUT/study.log"
-  timeout 90 python3 -m harness.cli evaluate --config "$OUT/study.yaml" 2>&1 | tail -25 | tee -a "$OUT/study.log"
-  timeout 30 python3 -m harness.cli report --config "$OUT/study.yaml" 2>&1 | tail -3 | tee -a "$OUT/study.log"
+  part 150 study.log python3 -m harness.cli study run --config "$OUT/study.yaml"
+  part 90 study.log python3 -m harness.cli evaluate --config "$OUT/study.yaml"
+  part 30 study.log python3 -m harness.cli report --config "$OUT/study.yaml"
   cp "$OUT"/results/gpu-cub/test.csv "$OUT"/results/gpu-cub/comparisons.csv "$OUT"/ 2>/dev/null
   rm -rf "$OUT/results/cache" "$OUT/results/gpu-cub/trials"
 fi
 python3 bench/gpu_measure.py summary --out "$OUT" | tee "$OUT/summary.md"
+echo "gpu_check: ${SECONDS} s"

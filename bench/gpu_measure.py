@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,9 +123,10 @@ def _graph_equals_eager() -> dict:
     }
 
 
-def worker_load(mode: str, start_at: float, seconds: float) -> None:
-    """One worker process: a fine-tune trial's step at B=128, 112 px, from device-resident uint8
-    images with the real augmentation, for ``seconds`` from ``start_at``; prints its img/s."""
+def worker_load(mode: str, go: Path, seconds: float) -> None:
+    """One worker process of the ``workers`` part: train steps at B=128, 112 px from uint8
+    images with the real augmentation, for ``seconds`` once ``go`` exists (every process of the
+    group has captured/compiled by then: it touches ``go``.ready.<pid> first); prints its img/s."""
     import numpy as np
     import timm
     import torch
@@ -150,7 +152,8 @@ def worker_load(mode: str, start_at: float, seconds: float) -> None:
     y = src.labels[idx]
     step(src.batch(idx, train=True), y)  # capture / compile before the clock
     torch.cuda.synchronize()
-    while time.time() < start_at:
+    go.with_name(f"{go.name}.ready.{os.getpid()}").touch()
+    while not go.exists():
         time.sleep(0.01)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -162,30 +165,31 @@ def worker_load(mode: str, start_at: float, seconds: float) -> None:
 
 
 def workers(out: Path) -> None:
-    rows = []
+    """1 vs 4 processes on the GPU; each row is saved as soon as it is measured."""
+    import tempfile
+
+    rows: list[dict] = []
     for mode, n in (("eager", 1), ("graphs", 1), ("eager", 4), ("graphs", 4)):
-        start = time.time() + 25  # every process imports and captures before the clock starts
-        cmd = [
-            sys.executable,
-            __file__,
-            "worker-load",
-            "--mode",
-            mode,
-            "--start-at",
-            str(start),
-            "--seconds",
-            "8",
-        ]
+        go = Path(tempfile.mkdtemp(prefix="gpu-workers-")) / "go"
+        cmd = [sys.executable, __file__, "worker-load", "--mode", mode, "--go", str(go), "--seconds", "8"]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-        rates = [
-            json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1])["img_per_s"] for p in procs
-        ]
-        rows.append({"mode": mode, "workers": n, "img_per_s": round(sum(rates), 1)})
+        deadline = time.monotonic() + 90
+        while len(list(go.parent.glob("go.ready.*"))) < n and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.05)
+        go.touch()  # all ready (or a process failed / the wait ran out: measure what runs)
+        rates = []
+        for p in procs:
+            lines = p.communicate(timeout=120)[0].strip().splitlines()
+            if p.returncode == 0 and lines:
+                rates.append(json.loads(lines[-1])["img_per_s"])
+        rows.append({"mode": mode, "workers": n, "ran": len(rates), "img_per_s": round(sum(rates), 1)})
         print(rows[-1], flush=True)
-    base = rows[0]["img_per_s"]
-    for r in rows:
-        r["vs_one_eager_worker"] = round(r["img_per_s"] / base, 2)
-    _save(out, "workers", {"rows": rows})
+        base = rows[0]["img_per_s"] or float("nan")
+        for r in rows:
+            r["vs_one_eager_worker"] = round(r["img_per_s"] / base, 2)
+        _save(out, "workers", {"rows": rows})
 
 
 def frozen(out: Path) -> None:
@@ -263,11 +267,12 @@ def summary(out: Path) -> None:
     w = load("workers")
     if w:
         lines += [
-            "| mode | workers | train img/s (B=128, 112 px) | vs one eager worker |",
+            "| mode | workers (ran) | train img/s (B=128, 112 px) | vs one eager worker |",
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {r['mode']} | {r['workers']} | {r['img_per_s']:,.0f} | {r['vs_one_eager_worker']} |"
+            f"| {r['mode']} | {r['workers']} ({r.get('ran', r['workers'])}) | {r['img_per_s']:,.0f}"
+            f" | {r['vs_one_eager_worker']} |"
             for r in w["rows"]
         ]
         lines.append("")
@@ -297,12 +302,12 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/gpu-check")
     p.add_argument("--data")
     p.add_argument("--mode", default="eager")
-    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--go", default="")
     p.add_argument("--seconds", type=float, default=8.0)
     a = p.parse_args()
     out = Path(a.out)
     if a.part == "worker-load":
-        worker_load(a.mode, a.start_at, a.seconds)
+        worker_load(a.mode, Path(a.go), a.seconds)
     elif a.part == "study-config":
         study_config(Path(a.data), out)
     else:

@@ -165,19 +165,24 @@ def test_a_quoted_number_is_explained(tmp_path: Path) -> None:
         load_config(path)
 
 
+def _run_to_report(raw: dict, tmp_path: Path) -> str:
+    """Run the study, evaluate its best config once, build the report; returns the report page."""
+    raw["evaluate"] = {"top_n": 1, "seeds": 1, "references": False}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    for argv in (["study", "run"], ["evaluate"], ["report"]):
+        assert main([*argv, "--config", str(path)]) == 0
+    return (tmp_path / "results" / NAME / "report" / "index.html").read_text()
+
+
 def test_empty_search_space_is_warned_in_the_log_and_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = make_cub(tmp_path / "data", per_class=4, noise=60.0)
     raw = tiny_config(root, tmp_path / "results", n_trials=2)
     raw["search_space"] = {"mining": "semihard", "batch_p": 4, "batch_k": 2, "embedding_dim": 16}
-    raw["evaluate"] = {"top_n": 1, "seeds": 1, "references": False}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    for argv in (["study", "run"], ["evaluate"], ["report"]):
-        assert main([*argv, "--config", str(path)]) == 0
+    page = _run_to_report(raw, tmp_path)
     assert "search_space varies nothing" in capsys.readouterr().err
-    page = (tmp_path / "results" / NAME / "report" / "index.html").read_text()
     assert 'class="note">Warning: search_space varies nothing' in page
 
 
@@ -187,13 +192,8 @@ def test_batch_k_above_the_smallest_class_is_warned(
     root = make_cub(tmp_path / "data", per_class=3, noise=60.0)
     raw = tiny_config(root, tmp_path / "results", n_trials=1)
     raw["search_space"] = raw["search_space"] | {"batch_k": {"choices": [2, 4]}}
-    raw["evaluate"] = {"top_n": 1, "seeds": 1, "references": False}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    for argv in (["study", "run"], ["evaluate"], ["report"]):
-        assert main([*argv, "--config", str(path)]) == 0
+    page = _run_to_report(raw, tmp_path)
     assert "batch_k reaches 4, but some training class has only 3 images" in capsys.readouterr().err
-    page = (tmp_path / "results" / NAME / "report" / "index.html").read_text()
     assert "sampled with replacement" in page
 
 
@@ -274,6 +274,32 @@ def test_sigint_names_itself() -> None:
 
     assert signal_name(KeyboardInterrupt()) == "SIGINT (Ctrl-C)"
     assert signal_name(KeyboardInterrupt("signal 15")) == "SIGTERM"
+
+
+def test_only_the_first_signal_stops_a_worker() -> None:
+    """Ctrl-C pressed twice, or SLURM's SIGTERM reaching a worker group and then forwarded to its
+    processes: the second signal must not interrupt the re-queue the first one started."""
+    import os
+    import signal
+
+    from harness.study.runner import _Signals, signal_name
+
+    with _Signals() as signals:
+        signals.interruptible = True
+        with pytest.raises(KeyboardInterrupt) as first:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode; never reached
+        assert signal_name(first.value) == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # during the re-queue, still interruptible
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # both handled by now: ignored, nothing raised
+    with _Signals() as signals:  # outside a trial: held until the step is done, then raised once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt) as held:
+            signals.check()
+        assert signal_name(held.value) == "SIGINT (Ctrl-C)"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_evaluate_on_a_read_only_results_folder_is_one_line(tmp_path: Path) -> None:

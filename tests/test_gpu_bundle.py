@@ -179,3 +179,16 @@ def test_the_device_scripts_summary_renders_its_parts(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "| 256 | 224 | graphs | 8,000 | 7,900 | 0.988 | 1.20 | 1.0 |" in r.stdout
     assert "Frozen trunk, graphs: 240.0 trials/min" in r.stdout
+
+
+def test_wheels_the_lock_no_longer_names_are_removed_before_download(tmp_path: Path) -> None:
+    bring = {"optuna": "5.0.0", "mlflow-skinny": "3.17.2"}
+    for name in (
+        "optuna-5.0.0-py3-none-any.whl",
+        "optuna-4.9.0-py3-none-any.whl",  # the version before a lock update
+        "mlflow_skinny-3.17.2-py3-none-any.whl",
+        "dropped_pkg-1.0-py3-none-any.whl",  # no longer needed at all
+    ):
+        (tmp_path / name).write_bytes(b"")
+    stale = [p.name for p in gpu_bundle.stale_wheels(tmp_path, bring)]
+    assert stale == ["dropped_pkg-1.0-py3-none-any.whl", "optuna-4.9.0-py3-none-any.whl"]

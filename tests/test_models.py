@@ -39,9 +39,13 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "trunk.pth"
     torch.save({"state_dict": trunk.state_dict()}, path)
     again, info = create_trunk("test_resnet", checkpoint=path)
-    assert info.weights == "ckpt-trunk"
+    assert info.weights.startswith("ckpt-trunk-")
     for (k, a), b in zip(trunk.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
+    # new weights in the same file name a new cache key: caches of the old ones are not reused
+    torch.save({"state_dict": {k: v + 1 for k, v in trunk.state_dict().items()}}, path)
+    _, other = create_trunk("test_resnet", checkpoint=path)
+    assert other.weights.startswith("ckpt-trunk-") and other.weights != info.weights
 
 
 def test_backbone_errors(tmp_path: Path) -> None:

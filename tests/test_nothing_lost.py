@@ -55,6 +55,14 @@ def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
     return raw | over
 
 
+def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path]:
+    """A study whose ``n_trials`` trials have run; returns its config and the config's path."""
+    raw = config(data_root, tmp_path, n_trials=n_trials)
+    path = write(tmp_path, raw)
+    assert main(["study", "run", "--config", str(path)]) == 0
+    return raw, path
+
+
 def journal(results: Path, name: str = NAME) -> Path:
     return results / name / "optuna.journal"
 
@@ -171,9 +179,7 @@ def test_a_half_migrated_mlflow_db_without_runs_is_set_aside(data_root: Path, tm
 def test_a_half_migrated_mlflow_db_with_runs_is_named_with_the_way_out(
     data_root: Path, tmp_path: Path
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     db = tmp_path / "results" / "mlflow.db"
     _half_migrated(db)
     before = db.read_bytes()
@@ -200,9 +206,7 @@ TORN = b'{"op_code":5,"worker_id":"dead-worker","trial_id":1,"param_na'
 def test_a_torn_journal_tail_is_set_aside_and_the_study_goes_on(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=2)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=2)
     j = journal(tmp_path / "results")
     with j.open("ab") as f:  # a crash (or a full disk) in the middle of an append
         f.write(TORN)
@@ -223,9 +227,7 @@ def test_a_journal_already_broken_by_an_append_after_a_tear_is_repaired(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What older versions left: records appended after a torn one. Completed trials stay readable."""
-    raw = config(data_root, tmp_path, n_trials=2)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=2)
     j = journal(tmp_path / "results")
     lines = j.read_bytes().splitlines(keepends=True)
     lines[-3] = TORN + lines[-3]  # a torn record, then whole ones appended to it
@@ -244,9 +246,7 @@ def test_a_torn_record_followed_by_a_whole_one_at_the_end_is_not_skipped(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Plain Optuna silently skips a last line that does not parse: the trial's end would be lost."""
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     j = journal(tmp_path / "results")
     lines = j.read_bytes().splitlines(keepends=True)
     lines[-1] = TORN + lines[-1]  # the record that completes the trial, appended to a torn one
@@ -308,9 +308,7 @@ def _stored(results: Path) -> dict[str, bytes]:
 def test_a_refused_config_change_writes_nothing(
     command: list[str], data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=2)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=2)
     before = _stored(tmp_path / "results")
     changed = write(tmp_path, raw | {"val_fraction": 0.4}, "changed.yaml")
     capsys.readouterr()
@@ -325,9 +323,7 @@ def test_snakemake_freeze_refuses_a_changed_config_before_writing(data_root: Pat
     from harness.study import parse_config
     from harness.study.runner import freeze
 
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     frozen = tmp_path / "results" / NAME / "config.yaml"
     freeze(parse_config(raw), frozen)
     before = frozen.read_bytes()
@@ -339,9 +335,7 @@ def test_snakemake_freeze_refuses_a_changed_config_before_writing(data_root: Pat
 def test_an_overwritten_manifest_is_named_with_the_command_that_fixes_it(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     manifest = tmp_path / "results" / NAME / "split_manifest.json"
     m = json.loads(manifest.read_text())
     m["classes"]["val"], m["hash"] = m["classes"]["val"][:-1], "0123456789abcdef"
@@ -354,9 +348,7 @@ def test_an_overwritten_manifest_is_named_with_the_command_that_fixes_it(
 def test_evaluate_refuses_another_copy_of_the_dataset(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     other = make_cub(tmp_path / "other", per_class=4, noise=60.0, seed=7)  # same ids, other images
     raw["data_root"] = str(other)
     capsys.readouterr()
@@ -482,9 +474,7 @@ def test_a_crashing_trial_ends_failed_and_the_study_can_be_recreated(
 def test_delete_refuses_a_study_with_finished_trials_without_force(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     capsys.readouterr()
     msg = one_error_line(main(["study", "delete", "--config", str(path)]), capsys.readouterr().err)
     assert "1 finished trial" in msg and "--force" in msg
@@ -628,9 +618,7 @@ def test_delete_refuses_while_a_trial_runs(
 
     from harness.study.storage import OWNER_ATTR, owner_record
 
-    raw = config(data_root, tmp_path, n_trials=1)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
+    raw, path = finished(data_root, tmp_path, n_trials=1)
     study = study_of(tmp_path / "results")
     t = study.ask()
     t.set_user_attr(OWNER_ATTR, owner_record(t._trial_id))  # this (live) process owns it

@@ -58,7 +58,7 @@ def test_the_cached_forward_equals_the_uncached_one_on_the_same_view(tmp_path: P
             torch.testing.assert_close(cached, whole, rtol=0, atol=2e-2)  # fp16 storage of activations
 
 
-def test_the_cache_key_changes_with_cut_views_size_weights_and_seed(tmp_path: Path) -> None:
+def test_the_cache_key_changes_with_cut_views_size_weights_seed_precision_and_device(tmp_path: Path) -> None:
     aug = np.arange(5)
     base = dict(
         cache_dir=tmp_path,
@@ -82,9 +82,85 @@ def test_the_cache_key_changes_with_cut_views_size_weights_and_seed(tmp_path: Pa
         base | {"images_key": "other"},
         base | {"aug_idx": np.arange(6)},
         base | {"precision": "bf16"},
+        base | {"device_type": "cuda"},  # CUDA's generator draws other crops from the same seed
     ]
     stems = {cache_stem(**o) for o in others}  # type: ignore[arg-type]
     assert ref not in stems and len(stems) == len(others)
+
+
+def test_a_damaged_centre_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=0).eval()
+    images, aug = _images(), np.arange(6)
+    stem = tmp_path / "c1"
+    build_activations(Bottom(model), INFO, images, 32, {1: stem}, 2, 0, aug, torch.device("cpu"))
+    centre = tmp_path / "c1-centre.npy"
+    centre.write_bytes(centre.read_bytes()[: centre.stat().st_size // 2])  # a copy cut short
+    assert load_activations(stem, 1, len(images), 2, aug) is None  # not a crash: rebuild it
+    assert (tmp_path / "c1-centre.npy.damaged").is_file() and not centre.exists()
+    centre.write_bytes(b"not an npy file")
+    assert load_activations(stem, 1, len(images), 2, aug) is None
+
+
+def test_parts_of_killed_writers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from harness.data.cache import part_path, sweep_parts
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = int(gone.stdout)  # a pid that no longer runs
+    host = socket.gethostname()
+    killed = tmp_path / f"a-views.npy.{host}.{dead}.part"
+    live = part_path(tmp_path / "b-views.npy")
+    elsewhere = tmp_path / f"c-views.npy.some-other-node.{dead}.part"
+    for p in (killed, live, elsewhere):
+        p.write_bytes(b"x")
+    assert live.name == f"b-views.npy.{host}.{os.getpid()}.part"
+    sweep_parts(tmp_path)
+    assert not killed.exists() and live.exists() and elsewhere.exists()
+
+
+def test_a_random_init_partial_study_trains_the_top_of_the_network_it_cached(tmp_path: Path) -> None:
+    """pretrained: false: the cached bottom and every trial's top come from one seeded network."""
+    from harness.models import create_trunk
+    from harness.study.data import TrunkPool
+
+    a, info = create_trunk("test_efficientnet", pretrained=False, seed=3)
+    torch.manual_seed(123)  # the global RNG does not matter
+    b, _ = create_trunk("test_efficientnet", pretrained=False, seed=3)
+    assert info.weights == "random-seed3"
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    cfg = parse_config(
+        {"name": "x", "dataset": "cub", "trunk": "partial", "pretrained": False, "seed": 3}
+        | {"backbone": "test_efficientnet", "results_dir": str(tmp_path)}
+    )
+    pool = TrunkPool(cfg, torch.device("cpu"))
+    first = {k: v.clone() for k, v in pool.get().state_dict().items()}
+    with torch.no_grad():
+        for p in pool.get().parameters():
+            p.add_(1.0)  # a trial trains the trunk
+    for (k, x), y in zip(pool.get().state_dict().items(), a.state_dict().values(), strict=True):
+        assert torch.equal(x, y) and torch.equal(first[k], y), k  # the next trial starts from it again
+
+
+def test_references_use_a_cached_cut() -> None:
+    from harness.study.final import reference_params
+
+    def cuts_of(space: dict) -> set[int]:
+        cfg = parse_config(
+            {"name": "x", "dataset": "cub", "trunk": "partial", "pretrained": False}
+            | {"backbone": "efficientnet_lite0", "search_space": space}
+        )
+        return {p.train_blocks for p in reference_params(cfg)}
+
+    assert cuts_of({"train_blocks": {"choices": [2, 3]}}) == {2}  # 1 (the default) is not cached
+    assert cuts_of({"train_blocks": {"choices": [0, 2]}}) == {0}  # as near to 1, the smaller
+    assert cuts_of({"train_blocks": {"low": 1, "high": 3}}) == {1}
+    assert cuts_of({"train_blocks": 3}) == {3}
 
 
 def test_a_view_is_drawn_per_image_and_evaluation_takes_the_centre() -> None:
@@ -166,6 +242,24 @@ def test_a_two_trial_partial_study_runs_on_the_tiny_fixtures(
     mtimes = [c.stat().st_mtime_ns for c in cache]
     assert main(["study", "run", "--config", str(path)]) == 0
     assert [c.stat().st_mtime_ns for c in cache] == mtimes
+    # only training sources hold the augmented views; a worker keeps one cut resident
+    from harness.study.config import load_config
+    from harness.study.data import final_sources, hpo_sources, prepare
+    from harness.study.objective import Objective
+
+    cpu = torch.device("cpu")
+    prep = prepare(load_config(path), cpu, write=False)
+    train, val = hpo_sources(prep, cpu, 2)
+    trainval, test = final_sources(prep, cpu, 0, 2)
+    assert train.views is not None and trainval.views is not None  # type: ignore[attr-defined]
+    assert val.views is None and test.views is None  # type: ignore[attr-defined]
+    objective = Objective.__new__(Objective)
+    objective.prep, objective.device, objective.sources = prep, cpu, {}
+    objective.sources_for(None)
+    objective.sources_for(1)
+    assert list(objective.sources) == [1]  # None is the lowest cut: not loaded twice
+    objective.sources_for(2)
+    assert list(objective.sources) == [2]
 
 
 def test_train_blocks_beyond_the_trunks_stages_fail_before_anything_is_written(tmp_path: Path) -> None:

@@ -320,3 +320,21 @@ def test_unreadable_checkpoint_means_train_from_scratch(tmp_path) -> None:
     path.write_bytes(b"not a torch file")
     assert TrialCheckpoint(path).load() is None
     assert TrialCheckpoint(tmp_path / "absent.pt").load() is None
+
+
+@pytest.mark.parametrize("mining", ["offline-hard", "semihard"])
+def test_frozen_batchnorm_stays_frozen_through_the_offline_pass_and_validation(mining: str) -> None:
+    """bn: frozen keeps the pretrained statistics for the whole trial: the offline miner's whole-set
+    pass and the per-epoch validation switch the model to eval and back, module by module."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(DIM), EmbeddingHead(DIM, 8))
+    bn = model[0]
+    bn.running_mean.fill_(0.5)  # "pretrained" statistics, far from the data's
+    before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    train_src, val_src = sources()
+    train(model, params(mining, bn="frozen"), train_src, 2, CPU, val_src=val_src)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == before[2]
+    # and in train mode the statistics do move: the check above can fail
+    train(model, params(mining, bn="train"), train_src, 1, CPU)
+    assert not torch.equal(bn.running_mean, before[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +21,34 @@ from harness.progress import Progress
 log = logging.getLogger(__name__)
 
 
+def part_path(path: Path, suffix: str = ".part") -> Path:
+    """Where ``path`` is written before its atomic rename: named by this host and process, so a
+    part left by a killed writer can be told from one still being written (``sweep_parts``)."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}{suffix}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_parts(directory: Path) -> None:
+    """Remove the parts this host's killed writers left in ``directory`` (SIGKILL, the OOM killer:
+    no ``finally`` ran, and an activation cache's parts can be gigabytes). A part of a process that
+    still runs, or of another host (a shared cache), is left alone."""
+    host = socket.gethostname()
+    for p in Path(directory).glob(f"*.{host}.*.part*"):
+        pid = p.name.rsplit(f".{host}.", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            p.unlink(missing_ok=True)
+            log.info("removed %s, left by a writer that was killed", p)
+
+
 def cache_path(images: ImageList, size: int, cache_dir: Path) -> Path:
     return Path(cache_dir) / "images" / f"{images.dataset}-{size}px-{images.cache_key()}.npy"
 
@@ -30,7 +59,8 @@ def build_image_cache(images: ImageList, size: int, cache_dir: Path, threads: in
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + f".{os.getpid()}.part")
+    sweep_parts(path.parent)
+    part = part_path(path)
     arr = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
     threads = threads or min(8, os.cpu_count() or 1)
     log.info("decoding %d images of %s at %dpx into %s", len(images), images.dataset, size, path)

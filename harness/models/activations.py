@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.cache import open_cache
+from harness.data.cache import open_cache, part_path, sweep_parts
 from harness.data.transforms import center_crop, normalize, random_resized_crop_flip
 from harness.models.embedder import TrunkInfo
 from harness.models.partial import Bottom
@@ -70,11 +70,14 @@ def cache_stem(
     seed: int,
     aug_idx: np.ndarray,
     precision: str = "fp32",
+    device_type: str = "cpu",
 ) -> Path:
+    """The cache's name: everything its numbers depend on. ``device_type`` too: CPU and CUDA
+    generators draw different crops from one seed, and kernels differ in their last bits."""
     aug = hashlib.sha256(np.ascontiguousarray(aug_idx, dtype=np.int64).tobytes()).hexdigest()[:8]
     name = (
         f"{dataset}-{info.name}-{info.weights}-{size}of{cache_px}px-cut{cut}-v{views}-s{seed}-a{aug}"
-        f"-{precision}-{images_key}-r{VERSION}"
+        f"-{precision}-{device_type}-{images_key}-r{VERSION}"
     )
     return Path(cache_dir) / "activations" / name
 
@@ -108,7 +111,8 @@ def build_activations(
     for k in cuts:
         c, v = _paths(stems[k])
         c.parent.mkdir(parents=True, exist_ok=True)
-        pc, pv = c.with_name(c.name + f".{os.getpid()}.part"), v.with_name(v.name + f".{os.getpid()}.part")
+        sweep_parts(c.parent)
+        pc, pv = part_path(c), part_path(v)
         shape = tuple(probe[k].shape[1:])
         out[k] = (
             np.lib.format.open_memmap(pc, mode="w+", dtype=np.float16, shape=(n, *shape)),
@@ -158,9 +162,12 @@ def load_activations(stem: Path, cut: int, n: int, views: int, aug_idx: np.ndarr
     c, v = _paths(stem)
     if not c.is_file() or not v.is_file():
         return None
-    centre = np.load(c, mmap_mode="r")
-    shape = tuple(centre.shape[1:])
-    if open_cache(c, (n, *shape)) is None:
+    try:
+        shape = tuple(np.load(c, mmap_mode="r").shape[1:])
+    except (ValueError, OSError, EOFError):
+        shape = ()  # unreadable: open_cache names the problem and sets the file aside
+    centre = open_cache(c, (n, *shape))
+    if centre is None:
         return None
     arr = open_cache(v, (len(aug_idx), views, *shape))
     if arr is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +56,29 @@ class TrunkInfo:
     std: tuple[float, float, float]
 
 
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256 (a 100 MB checkpoint: about 0.2 s)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
 def create_trunk(
-    name: str, pretrained: bool = True, checkpoint: str | Path | None = None
+    name: str, pretrained: bool = True, checkpoint: str | Path | None = None, seed: int | None = None
 ) -> tuple[nn.Module, TrunkInfo]:
-    """A timm model without classifier. Pretrained weights exist offline only for Lite0."""
+    """A timm model without classifier. Pretrained weights exist offline only for Lite0.
+
+    A random init is drawn from the global RNG, or with ``seed`` from its own generator, so that
+    every process builds the same network (a cache computed from it names the seed)."""
     if name not in timm.list_models():
         raise ConfigError(f"unknown timm backbone {name!r}; see timm.list_models() for the names")
     if checkpoint:
         model = timm.create_model(name, pretrained=False, num_classes=0)
         load_checkpoint(model, Path(checkpoint))
-        weights = f"ckpt-{Path(checkpoint).stem}"
+        # by content, not name: a cache must not outlive new weights written to the same file
+        weights = f"ckpt-{Path(checkpoint).stem}-{file_digest(Path(checkpoint))}"
     elif pretrained and name == LITE0:
         model = timm.create_model(name, pretrained=False)
         load_lite0_pretrained(model)
@@ -75,6 +89,11 @@ def create_trunk(
             f"no offline pretrained weights for {name!r}: set pretrained: false (random init)"
             f" or checkpoint: PATH, or use backbone: {LITE0}"
         )
+    elif seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+        weights = f"random-seed{seed}"
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0)
         weights = "random"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.data.cache import open_cache
+from harness.data.cache import open_cache, part_path, sweep_parts
 from harness.data.transforms import center_crop, normalize
 from harness.models.embedder import TrunkInfo
 from harness.progress import Progress
@@ -73,7 +73,8 @@ def trunk_features(
             path.parent.mkdir(parents=True, exist_ok=True)
             feats, ips = embed_images(trunk.to(device), images_u8, info, size, device, report=True)
             log.info("trunk features for %d images at %.1f img/s -> %s", len(feats), ips, path)
-            part = path.with_name(path.name + f".{os.getpid()}.part.npy")
+            sweep_parts(path.parent)
+            part = part_path(path, ".part.npy")
             np.save(part, feats.numpy().astype(np.float32))
             os.replace(part, path)
         arr = open_cache(path, (len(images_u8), info.num_features))

@@ -101,7 +101,7 @@ def prepare(
     widest = max(param_values(cfg.search_space.get("batch_p", PARAM_DEFAULTS["batch_p"])))
     n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
     check_carve_out(n_train, cfg.val_fraction, int(widest), cfg.name)
-    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
     cuts = partial_cuts(cfg)
     if cfg.trunk == "partial":
         check_train_blocks(trunk, cuts, cfg.backbone)  # by the trunk's class, before anything is written
@@ -156,6 +156,7 @@ def partial_activations(
             seed,
             aug_idx,
             precision,
+            device.type,
         )
         for k in cuts
     }
@@ -184,13 +185,17 @@ def partial_activations(
     return out
 
 
-def _source(prep: Prepared, idx: np.ndarray, device: torch.device, seed: int, cut: int | None) -> Source:
+def _source(
+    prep: Prepared, idx: np.ndarray, device: torch.device, seed: int, cut: int | None, train: bool = True
+) -> Source:
+    """``train=False``: a source only ever embedded (validation, test): its centre views alone."""
     labels = prep.images.labels
     if prep.features is not None:
         return FeatureSource(prep.features, labels, idx, device)
     if prep.activations is not None:
         acts = prep.activations[cut if cut is not None else min(prep.activations)]
-        return ActivationSource(acts.centre, acts.views, acts.view_rows, labels, idx, device, seed)
+        views = acts.views if train else None
+        return ActivationSource(acts.centre, views, acts.view_rows, labels, idx, device, seed)
     info = prep.trunk_info
     return ImageSource(prep.images_u8, labels, idx, prep.cfg.image_size, info.mean, info.std, device, seed)
 
@@ -199,7 +204,7 @@ def hpo_sources(prep: Prepared, device: torch.device, cut: int | None = None) ->
     """Train-minus-val and val classes: everything hyperparameter search may see (``cut``: the
     trial's train_blocks, for trunk: partial)."""
     train = _source(prep, prep.split.train, device, prep.cfg.seed, cut)
-    return train, _source(prep, prep.split.val, device, 0, cut)
+    return train, _source(prep, prep.split.val, device, 0, cut, train=False)
 
 
 def final_sources(
@@ -207,7 +212,7 @@ def final_sources(
 ) -> tuple[Source, Source]:
     """All train classes and the TEST classes: for the final evaluation of chosen configs only."""
     return _source(prep, prep.split.trainval, device, seed, cut), _source(
-        prep, prep.split.test, device, 0, cut
+        prep, prep.split.test, device, 0, cut, train=False
     )
 
 
@@ -238,7 +243,9 @@ class TrunkPool:
 
     def get(self) -> nn.Module:
         if self.trunk is None:
-            trunk, _ = create_trunk(self.cfg.backbone, self.cfg.pretrained, self.cfg.checkpoint)
+            # partial: the same network the cached bottom came from, also when it is a random init
+            seed = self.cfg.seed if self.cfg.trunk == "partial" else None
+            trunk, _ = create_trunk(self.cfg.backbone, self.cfg.pretrained, self.cfg.checkpoint, seed=seed)
             trunk = trunk.to(self.device)
             if self.device.type == "cuda":
                 trunk = trunk.to(memory_format=torch.channels_last)
@@ -253,7 +260,8 @@ class TrunkPool:
         return self.trunk
 
     def trunk_is_random(self) -> bool:
-        return not self.cfg.pretrained and not self.cfg.checkpoint
+        """A random init drawn anew per trial (not for partial: its top continues the cached bottom)."""
+        return not self.cfg.pretrained and not self.cfg.checkpoint and self.cfg.trunk != "partial"
 
 
 def build_model(

@@ -62,6 +62,7 @@ from harness.study.data import (
     build_model,
     compile_mode,
     final_sources,
+    partial_cuts,
     prepare,
     resolve_device,
 )
@@ -120,7 +121,8 @@ def baseline_embeddings(prep: Prepared, device: torch.device) -> torch.Tensor:
         return torch.cat(parts)
     from harness.models import create_trunk
 
-    trunk, info = create_trunk(prep.cfg.backbone, prep.cfg.pretrained, prep.cfg.checkpoint)
+    cfg = prep.cfg
+    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
     feats, _ = embed_images(trunk.to(device), prep.images_u8[idx], info, prep.cfg.image_size, device)
     return feats
 
@@ -142,6 +144,10 @@ def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     """The default recipe (values fixed in the search space kept) at the reference margin, once per
     mining strategy the study searched: fixed before any result is seen."""
     base = defaults(cfg) | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
+    if cfg.trunk == "partial" and "train_blocks" not in cfg.fixed_params:
+        # the default cut (1) where the space reaches it, else the searched cut nearest to it: only
+        # the searched cuts are cached
+        base["train_blocks"] = min(partial_cuts(cfg), key=lambda c: (abs(c - base["train_blocks"]), c))
     minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
     return [TrialParams(**(base | {"mining": m})) for m in minings]
 

@@ -73,8 +73,12 @@ class Objective:
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
 
     def sources_for(self, cut: int | None) -> tuple[Source, Source]:
-        """The train and validation sources (for trunk: partial, those of the trial's cut)."""
+        """The train and validation sources (for trunk: partial, those of the trial's cut: one cut
+        resident at a time, as a deep cut's activations with their views can fill a GPU)."""
+        if self.prep.activations is not None and cut is None:
+            cut = min(self.prep.activations)
         if cut not in self.sources:
+            self.sources.clear()
             self.sources[cut] = hpo_sources(self.prep, self.device, cut)
         self.train_src, self.val_src = self.sources[cut]
         return self.sources[cut]

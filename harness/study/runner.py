@@ -386,32 +386,45 @@ def signal_name(e: KeyboardInterrupt) -> str:
 
 
 class _Signals:
-    """SIGTERM raises KeyboardInterrupt only where that is safe (inside a trial, or while the worker
-    waits); elsewhere (a sweep re-queuing another worker's trial, our own re-queue) it is held until
-    that step is done, so no trial is ever left FAIL without its retry."""
+    """SIGTERM and SIGINT (Ctrl-C) raise KeyboardInterrupt only where that is safe (inside a trial,
+    or while the worker waits); elsewhere (a sweep re-queuing another worker's trial, our own
+    re-queue) the signal is held until that step is done, so no trial is ever left FAIL without its
+    retry. Only the first signal counts: a second one (Ctrl-C pressed twice, SLURM's SIGTERM reaching
+    both a worker group and its processes, which the group forwards) is ignored, so it cannot cut
+    short the re-queue the first one started."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.interruptible = False
         self.pending: int | None = None
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _interrupt(self) -> KeyboardInterrupt:
+        if self.pending == signal.SIGINT:
+            return KeyboardInterrupt()  # named "SIGINT (Ctrl-C)" by signal_name
+        return KeyboardInterrupt(f"signal {self.pending}")
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.pending is not None:
+            log.info("signal %d ignored: already stopping on signal %d", signum, self.pending)
+            return
         self.pending = signum
         if self.interruptible:
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise self._interrupt()
 
     def check(self) -> None:
         if self.pending is not None:
-            raise KeyboardInterrupt(f"signal {self.pending}")
+            raise self._interrupt()
 
 
 def run_worker(cfg: StudyConfig, worker: int = 0) -> int:

@@ -57,14 +57,17 @@ def sync(device: torch.device) -> None:
 def embed_source(
     model: nn.Module, source: Source, device: torch.device, batch_size: int = 512
 ) -> torch.Tensor:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: frozen BatchNorm stays frozen
     model.eval()
     out = []
-    for start in range(0, len(source), batch_size):
-        i = torch.arange(start, min(start + batch_size, len(source)), device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(source.batch(i, train=False)).float())
-    model.train(was_training)
+    try:
+        for start in range(0, len(source), batch_size):
+            i = torch.arange(start, min(start + batch_size, len(source)), device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(model(source.batch(i, train=False)).float())
+    finally:
+        for m, training in modes:
+            m.training = training
     return torch.cat(out)
 
 
