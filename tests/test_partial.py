@@ -108,19 +108,21 @@ def test_parts_of_killed_writers_are_swept_and_live_ones_kept(tmp_path: Path) ->
     import subprocess
     import sys
 
-    from harness.data.cache import part_path, sweep_parts
+    from harness.data.cache import _machine, part_path, sweep_parts
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
     dead = int(gone.stdout)  # a pid that no longer runs
-    host = socket.gethostname()
-    killed = tmp_path / f"a-views.npy.{host}.{dead}.part"
+    here = _machine()  # host and pid namespace
+    assert here.startswith(socket.gethostname() + "~")
+    killed = tmp_path / f"a-views.npy.{here}.{dead}.part"
     live = part_path(tmp_path / "b-views.npy")
-    elsewhere = tmp_path / f"c-views.npy.some-other-node.{dead}.part"
-    for p in (killed, live, elsewhere):
+    elsewhere = tmp_path / f"c-views.npy.some-other-node~1.{dead}.part"
+    suffix = tmp_path / f"d-views.npy.gpu.{here}.{dead}.part"  # host "gpu.<ours>", not ours
+    for p in (killed, live, elsewhere, suffix):
         p.write_bytes(b"x")
-    assert live.name == f"b-views.npy.{host}.{os.getpid()}.part"
+    assert live.name == f"b-views.npy.{here}.{os.getpid()}.part"
     sweep_parts(tmp_path)
-    assert not killed.exists() and live.exists() and elsewhere.exists()
+    assert not killed.exists() and live.exists() and elsewhere.exists() and suffix.exists()
 
 
 def test_a_random_init_partial_study_trains_the_top_of_the_network_it_cached(tmp_path: Path) -> None:

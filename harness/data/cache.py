@@ -21,10 +21,19 @@ from harness.progress import Progress
 log = logging.getLogger(__name__)
 
 
+def _machine() -> str:
+    """This host and pid namespace (containers on one host can share a hostname, not their pids)."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}~{ns}"
+
+
 def part_path(path: Path, suffix: str = ".part") -> Path:
-    """Where ``path`` is written before its atomic rename: named by this host and process, so a
+    """Where ``path`` is written before its atomic rename: named by this machine and process, so a
     part left by a killed writer can be told from one still being written (``sweep_parts``)."""
-    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}{suffix}")
+    return path.with_name(f"{path.name}.{_machine()}.{os.getpid()}{suffix}")
 
 
 def _running(pid: int) -> bool:
@@ -40,11 +49,12 @@ def _running(pid: int) -> bool:
 def sweep_parts(directory: Path) -> None:
     """Remove the parts this host's killed writers left in ``directory`` (SIGKILL, the OOM killer:
     no ``finally`` ran, and an activation cache's parts can be gigabytes). A part of a process that
-    still runs, or of another host (a shared cache), is left alone."""
-    host = socket.gethostname()
-    for p in Path(directory).glob(f"*.{host}.*.part*"):
-        pid = p.name.rsplit(f".{host}.", 1)[1].split(".", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+    still runs, or of another host or pid namespace (a shared cache), is left alone."""
+    tag = f".{_machine()}."
+    for p in Path(directory).glob(f"*{tag}*.part*"):
+        base, rest = p.name.rsplit(tag, 1)
+        pid = rest.split(".", 1)[0]
+        if base.endswith(".npy") and pid.isdigit() and not _running(int(pid)):
             p.unlink(missing_ok=True)
             log.info("removed %s, left by a writer that was killed", p)
 

@@ -233,6 +233,7 @@ class Evaluator:
         """All train classes and the test classes (for trunk: partial, at the config's cut)."""
         cut = p.train_blocks if self.cfg.trunk == "partial" else None
         if cut not in self._sources:
+            self._sources.clear()  # one cut resident at a time (a deep cut's views can fill a GPU)
             self._sources[cut] = final_sources(self.prep, self.device, int(self.cfg.evaluate["seed"]), cut)
         return self._sources[cut]
 

@@ -79,6 +79,7 @@ class Objective:
             cut = min(self.prep.activations)
         if cut not in self.sources:
             self.sources.clear()
+            self.train_src = self.val_src = None  # type: ignore[assignment]  # freed before the next cut loads
             self.sources[cut] = hpo_sources(self.prep, self.device, cut)
         self.train_src, self.val_src = self.sources[cut]
         return self.sources[cut]
