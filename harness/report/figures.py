@@ -34,27 +34,12 @@ def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
     palette = (
         dict(zip(hue_order, sns.color_palette(n_colors=len(hue_order)), strict=True)) if hue_order else None
     )
-    sns.boxplot(
-        done,
-        x="mining",
-        y="value",
-        hue=hue,
-        order=order,
-        hue_order=hue_order,
-        palette=palette,
-        ax=ax,
-        fliersize=0,
-        boxprops={"alpha": 0.35},
-        legend=False,
-    )
+    # the same groups, order and colours for boxes and points
+    groups = dict(x="mining", y="value", hue=hue, order=order, hue_order=hue_order, palette=palette)
+    sns.boxplot(done, **groups, ax=ax, fliersize=0, boxprops={"alpha": 0.35}, legend=False)
     sns.stripplot(
         done,
-        x="mining",
-        y="value",
-        hue=hue,
-        order=order,
-        hue_order=hue_order,
-        palette=palette,
+        **groups,
         dodge=hue is not None,
         color=None if hue else "k",
         size=4,

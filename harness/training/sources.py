@@ -27,7 +27,22 @@ class FeatureSource:
         """No randomness here (features are fixed); present so every source can be reseeded."""
 
 
-class ImageSource:
+class _Seeded:
+    """A source that draws its randomness (crops, flips, a cached view) from its own generator on
+    the device, reseeded per trial."""
+
+    def _init_seeded(self, labels: np.ndarray, idx: np.ndarray, device: torch.device, seed: int) -> None:
+        self.labels = torch.from_numpy(labels[idx]).to(device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+
+class ImageSource(_Seeded):
     """Fine-tuning: uint8 images resident on the device, augmented in batch there."""
 
     def __init__(
@@ -41,18 +56,11 @@ class ImageSource:
         device: torch.device,
         seed: int = 0,
     ) -> None:
+        self._init_seeded(labels, idx, device, seed)
         self.x = torch.from_numpy(np.ascontiguousarray(images_u8[idx])).to(device)
-        self.labels = torch.from_numpy(labels[idx]).to(device)
         self.size = size
         self.mean = torch.tensor(mean, device=device)  # built once: no host copy inside the step
         self.std = torch.tensor(std, device=device)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     def batch(self, i: torch.Tensor, train: bool) -> torch.Tensor:
         x = normalize(self.x[i], self.mean, self.std)
@@ -61,7 +69,7 @@ class ImageSource:
         return center_crop(x, self.size)
 
 
-class ActivationSource:
+class ActivationSource(_Seeded):
     """Partial fine-tuning: the frozen bottom's cached activations (fp16, resident on the device).
 
     A training batch takes, per image, one of its ``V`` cached augmented views at random (from the
@@ -81,14 +89,7 @@ class ActivationSource:
         self.views = None
         if views is not None and view_rows is not None and len(idx) and (view_rows[idx] >= 0).all():
             self.views = torch.from_numpy(np.ascontiguousarray(views[view_rows[idx]])).to(device)
-        self.labels = torch.from_numpy(labels[idx]).to(device)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
+        self._init_seeded(labels, idx, device, seed)
 
     def batch(self, i: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.views is not None:
