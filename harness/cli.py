@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.pipeline import setup_logging
 
 log = logging.getLogger("harness")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a bug, or a failure of a library: one line, the traceback with -v
         log.debug("traceback", exc_info=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         print(
             f"error: unexpected {type(e).__name__}{f': {first}' if first else ''}"
             f"{'' if args.verbose else ' (rerun with -v for the traceback)'}",

@@ -20,6 +20,12 @@ def unknown_name(kind: str, name: str, known: list[str] | tuple[str, ...]) -> Ha
     return ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(known))}")
 
 
+def first_line(e: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (library messages can run to pages), or ``default``."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else default
+
+
 def redact_url(url: str) -> str:
     """Hide a password in error messages: scheme://user:***@host/db."""
     if "://" in url and "@" in url.split("://", 1)[1]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.data.base import ImageList
 from harness.data.images import decode
+from harness.errors import first_line
 from harness.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
             return arr
         problem = f"shape {arr.shape}, expected {shape}"
     except (ValueError, OSError, EOFError) as e:
-        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        problem = first_line(e, type(e).__name__)
     aside = path.with_name(path.name + ".damaged")
     os.replace(path, aside)
     log.warning("cache %s is damaged (%s); moved to %s and rebuilt", path, problem, aside)

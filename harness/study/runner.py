@@ -33,7 +33,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.study.config import StudyConfig, config_warnings, write_config
 from harness.study.data import prepare, resolve_device
 from harness.study.guard import changed_error, n_finished, refuse_changed, stored_study
@@ -370,7 +370,7 @@ def resource_error(e: BaseException) -> bool:
 def describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}{f' ({e.filename})' if e.filename else ''}"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    first = first_line(e)
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 

@@ -38,7 +38,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import HarnessError, redact_url
+from harness.errors import HarnessError, first_line, redact_url
 from harness.pipeline import route_optuna_logging
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ def open_storage(
                 engine_kwargs=_engine_kwargs(url),
             )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, type(e).__name__)
         raise HarnessError(
             f"cannot open Optuna storage {redact_url(url)}: {first}; check the URL, that the server is"
             " running and reachable, and that its driver is installed (pip install psycopg2-binary)"

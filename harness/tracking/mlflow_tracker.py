@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness.errors import HarnessError, redact_url
+from harness.errors import HarnessError, first_line, redact_url
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -65,7 +65,7 @@ def schema_lock(tracking_uri: str) -> Iterator[None]:
         try:
             conn = psycopg2.connect(dsn, connect_timeout=10)
         except psycopg2.Error as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, type(e).__name__)
             raise HarnessError(
                 f"MLflow tracking store {redact_url(tracking_uri)}: {first}; check the URL, that the"
                 " server is up and that the database exists"
@@ -136,7 +136,7 @@ class Tracker:
             try:
                 exp = self.client.get_experiment_by_name(experiment)  # creates/migrates the schema
             except MlflowException as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e, type(e).__name__)
                 raise HarnessError(f"MLflow tracking store {redact_url(tracking_uri)}: {first}") from None
         self._experiment(exp, experiment, artifact_root)
 

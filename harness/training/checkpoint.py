@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from harness.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ class TrialCheckpoint:
         except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
             full = _disk_full(self.path.parent)  # before the partial file is removed
             tmp.unlink(missing_ok=True)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "write failed"
+            first = first_line(e, "write failed")
             if full:
                 raise OSError(
                     errno.ENOSPC, f"No space left on device (torch.save: {first})", str(self.path)
