@@ -214,10 +214,10 @@ def test_a_truncated_image_cache_is_rebuilt(tmp_path: Path, capsys: pytest.Captu
 
     root = make_cub(tmp_path / "data", per_class=2)
     images = get_dataset("cub").load(root, strict_counts=False)
-    first = np.array(load_image_cache(images, 16, tmp_path / "cache"))
-    path = cache_path(images, 16, tmp_path / "cache")
+    first = np.array(load_image_cache(images, "k", 16, tmp_path / "cache"))
+    path = cache_path(images, "k", 16, tmp_path / "cache")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
-    again = load_image_cache(images, 16, tmp_path / "cache")
+    again = load_image_cache(images, "k", 16, tmp_path / "cache")
     assert np.array_equal(first, again)
     assert path.with_name(path.name + ".damaged").is_file()
 

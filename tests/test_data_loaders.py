@@ -270,26 +270,29 @@ def test_real_cub() -> None:
     assert images.absolute(0).is_file() and images.absolute(len(images) - 1).is_file()
 
 
-def test_cache_key_tells_two_copies_and_a_changed_file_apart(tmp_path) -> None:
-    """Same file list, different bytes: the caches must not be shared (the fingerprint is)."""
+def test_content_key_tells_other_bytes_apart_and_shares_a_copy(tmp_path) -> None:
+    """Same file list, different bytes: the caches must not be shared (the fingerprint is); the same
+    bytes in another folder are the same dataset, and share its caches."""
     from fixtures import make_cub
 
     from harness.data import get_dataset
+    from harness.data.digests import content_key
 
+    cache = tmp_path / "cache"
     a = get_dataset("cub").load(make_cub(tmp_path / "a", n_classes=200, per_class=2), strict_counts=False)
     b = get_dataset("cub").load(
         make_cub(tmp_path / "b", n_classes=200, per_class=2, noise=80.0), strict_counts=False
     )
     assert a.fingerprint() == b.fingerprint()  # the file list and labels (older manifests)
     assert a.files_fingerprint() != b.files_fingerprint()  # other images under the same names and ids
-    assert a.cache_key() != b.cache_key()
+    assert content_key(a, cache) != content_key(b, cache)
     again = get_dataset("cub").load(tmp_path / "a" / "CUB_200_2011", strict_counts=False)
-    assert again.cache_key() == a.cache_key()
+    assert content_key(again, cache) == content_key(a, cache)
     shutil.copytree(tmp_path / "a", tmp_path / "c")  # the same files elsewhere: the same dataset...
     c = get_dataset("cub").load(tmp_path / "c" / "CUB_200_2011", strict_counts=False)
     assert c.files_fingerprint() == a.files_fingerprint()
-    assert c.cache_key() != a.cache_key()  # ...but its own caches (another place, other mtimes)
-    before = a.cache_key()
+    assert content_key(c, cache) == content_key(a, cache)  # ...and the same caches
+    before = content_key(a, cache)
     first = a.image_dir / a.paths[0]
     first.write_bytes(first.read_bytes() + b"\0")  # a repaired / replaced image
-    assert a.cache_key() != before
+    assert content_key(a, cache) != before

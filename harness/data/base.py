@@ -70,21 +70,6 @@ class ImageList:
             h.update(f"{p}\t{y}\t{size}\n".encode())
         return h.hexdigest()[:16]
 
-    def cache_key(self) -> str:
-        """``fingerprint`` plus where the files are and each file's size and mtime: the key of the
-        decoded-image and feature caches, so another copy of the dataset (another resolution, a
-        repaired image) never reuses a cache built from different bytes."""
-        h = hashlib.sha256(self.fingerprint().encode())
-        h.update(str(self.image_dir.resolve()).encode())
-        for p in self.paths:
-            try:
-                st = (self.image_dir / p).stat()
-            except OSError:
-                h.update(b"missing\n")  # decoding reports the missing file by name
-                continue
-            h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:16]
-
     def absolute(self, i: int) -> Path:
         return self.image_dir / self.paths[i]
 

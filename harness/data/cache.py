@@ -1,11 +1,13 @@
 """Decoded-image cache: decode + resize once to a uint8 .npy, memory-mapped on every later load.
 
-Keyed by dataset, image size and ``ImageList.cache_key`` (file list, location, sizes and mtimes),
-so a second run of a study never decodes a JPEG, and a changed dataset never reuses a stale cache.
+Keyed by dataset, image size and the copy's content key (``digests.content_key``: file list, labels
+and the bytes of every file), so a second run of a study never decodes a JPEG, and a changed image
+never reuses a stale cache.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -60,19 +62,44 @@ def sweep_parts(directory: Path) -> None:
             log.info("removed %s, left by a writer that was killed", p)
 
 
-def cache_path(images: ImageList, size: int, cache_dir: Path) -> Path:
-    return Path(cache_dir) / "images" / f"{images.dataset}-{size}px-{images.cache_key()}.npy"
+def create_npy(path: Path, dtype: type | np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy file, memory-mapped for writing, with its disk blocks reserved first.
+
+    Writing through a memory map into a file the disk has no room for kills the process with SIGBUS
+    (exit 135, no message, a silent crash under a scheduler). Reserving the blocks up front turns a
+    full disk into an OSError (ENOSPC) here, before any work, which ends in one line."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as e:
+        del arr
+        path.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+        raise OSError(e.errno, f"{os.strerror(e.errno)} (this cache needs {need})", str(path)) from None
+    return arr
 
 
-def build_image_cache(images: ImageList, size: int, cache_dir: Path, threads: int | None = None) -> Path:
+def cache_path(images: ImageList, key: str, size: int, cache_dir: Path) -> Path:
+    """``key``: the copy's content key (``digests.content_key``)."""
+    return Path(cache_dir) / "images" / f"{images.dataset}-{size}px-{key}.npy"
+
+
+def build_image_cache(
+    images: ImageList, key: str, size: int, cache_dir: Path, threads: int | None = None
+) -> Path:
     """Write the N x size x size x 3 uint8 array (atomically: .part then rename); return its path."""
-    path = cache_path(images, size, cache_dir)
+    path = cache_path(images, key, size, cache_dir)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_parts(path.parent)
     part = part_path(path)
-    arr = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+    arr = create_npy(part, np.uint8, (len(images), size, size, 3))
     threads = threads or min(8, os.cpu_count() or 1)
     log.info("decoding %d images of %s at %dpx into %s", len(images), images.dataset, size, path)
     progress = Progress(f"decode {images.dataset} images at {size}px", len(images), "images")
@@ -93,12 +120,13 @@ def build_image_cache(images: ImageList, size: int, cache_dir: Path, threads: in
     return path
 
 
-def load_image_cache(images: ImageList, size: int, cache_dir: Path) -> np.ndarray:
-    """The cached array, memory-mapped read-only; builds it first if missing, rebuilds it if damaged."""
-    path = build_image_cache(images, size, cache_dir)
+def load_image_cache(images: ImageList, key: str, size: int, cache_dir: Path) -> np.ndarray:
+    """The cached array, memory-mapped read-only; builds it first if missing, rebuilds it if damaged.
+    ``key``: the copy's content key (``digests.content_key``)."""
+    path = build_image_cache(images, key, size, cache_dir)
     arr = open_cache(path, (len(images), size, size, 3))
     if arr is None:
-        arr = open_cache(build_image_cache(images, size, cache_dir), (len(images), size, size, 3))
+        arr = open_cache(build_image_cache(images, key, size, cache_dir), (len(images), size, size, 3))
         assert arr is not None, path
     return arr
 

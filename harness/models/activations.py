@@ -4,7 +4,7 @@ For every image the centre view (evaluation, and the whole-set pass of offline m
 every image of the training classes ``views`` augmented views (random-resized-crop + flip, drawn
 from ``seed``): each training epoch draws one cached view per image. Stored fp16, memory-mapped.
 
-The key holds everything the numbers depend on: the image list and its files (``cache_key``), the
+The key holds everything the numbers depend on: the image list and its bytes (the content key), the
 backbone and its weights, the crop size and the cached image size, the cut, the number of views,
 the augmentation seed and which images have views. A cache from another cut or view count is never
 reused; a damaged one is set aside and rebuilt. All cuts a study needs come from one pass.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.cache import open_cache, part_path, sweep_parts
+from harness.data.cache import create_npy, open_cache, part_path, sweep_parts
 from harness.data.transforms import center_crop, normalize, random_resized_crop_flip
 from harness.models.embedder import TrunkInfo
 from harness.models.partial import Bottom
@@ -115,8 +115,8 @@ def build_activations(
         pc, pv = part_path(c), part_path(v)
         shape = tuple(probe[k].shape[1:])
         out[k] = (
-            np.lib.format.open_memmap(pc, mode="w+", dtype=np.float16, shape=(n, *shape)),
-            np.lib.format.open_memmap(pv, mode="w+", dtype=np.float16, shape=(m, views, *shape)),
+            create_npy(pc, np.float16, (n, *shape)),
+            create_npy(pv, np.float16, (m, views, *shape)),
         )
         parts[k] = (pc, pv)
     mean = torch.tensor(info.mean, device=device)

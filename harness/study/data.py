@@ -17,6 +17,7 @@ from torch import nn
 from harness.data import get_dataset
 from harness.data.base import ImageList
 from harness.data.cache import load_image_cache
+from harness.data.digests import content_key
 from harness.data.splits import Split, make_split, write_manifest
 from harness.errors import DataError
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk, feature_cache_path, trunk_features
@@ -110,15 +111,16 @@ def prepare(
         write_manifest(split, cfg.study_dir / "split_manifest.json")
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)
-    images_u8 = load_image_cache(images, cfg.cache_px, cfg.cache_dir)
+    key = content_key(images, cfg.cache_dir)  # names every cache below: a changed image never reuses one
+    images_u8 = load_image_cache(images, key, cfg.cache_px, cfg.cache_dir)
     features = activations = None
     if cfg.trunk == "frozen":
         path = feature_cache_path(
-            cfg.cache_dir, cfg.dataset, images.cache_key(), info, cfg.image_size, cfg.cache_px
+            cfg.cache_dir, cfg.dataset, key, info, cfg.image_size, cfg.cache_px
         )
         features = trunk_features(trunk, info, images_u8, cfg.image_size, path, device)
     elif cfg.trunk == "partial":
-        activations = partial_activations(cfg, images, spec, trunk, info, images_u8, cuts, device)
+        activations = partial_activations(cfg, images, key, spec, trunk, info, images_u8, cuts, device)
     return Prepared(cfg, images, split, images_u8, features, info, activations)
 
 
@@ -132,6 +134,7 @@ def partial_cuts(cfg: StudyConfig) -> list[int]:
 def partial_activations(
     cfg: StudyConfig,
     images: ImageList,
+    key: str,
     spec: object,
     trunk: nn.Module,
     info: TrunkInfo,
@@ -142,7 +145,7 @@ def partial_activations(
     """Every cut the search space reaches, cached (the missing ones computed in one pass)."""
     views, seed = int(cfg.partial["views"]), int(cfg.partial["seed"])
     aug_idx = np.flatnonzero(np.isin(images.labels, list(spec.train_classes)))  # type: ignore[attr-defined]
-    key, precision = images.cache_key(), bottom_precision(device)
+    precision = bottom_precision(device)
     stems = {
         k: activation_stem(
             cfg.cache_dir,
