@@ -30,10 +30,11 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.losses import TripletMarginLoss
 
 from harness.losses import get_distance
-from harness.mining import ONLINE, get_miner
+from harness.mining import get_miner, online_miners
 from harness.models import EmbeddingHead
 from harness.models.embedder import Embedder, input_layout
-from harness.training import FeatureSource, ImageSource, TrialParams, train
+from harness.params import TrialParams
+from harness.training import FeatureSource, ImageSource, train
 from harness.training.step import TrainStep
 from harness.training.trainer import sync
 
@@ -294,7 +295,7 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
         )
         result["frozen"] = frozen_bench(device)
         result["partial"] = partial_bench(device)
-    for name in ONLINE:
+    for name in online_miners():
         for dim in dims:
             for b in sizes:
                 r = miner_bench(name, b, dim, device, iters if b < 2048 else 5)

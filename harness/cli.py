@@ -84,7 +84,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 def cmd_create(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.runner import create
+    from harness.study.lifecycle import create
 
     info = create(cfg)
     print(f"study {info['study']} ready in {info['storage']}")
@@ -92,13 +92,13 @@ def cmd_create(a: argparse.Namespace) -> None:
 
 def cmd_worker(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.runner import run_worker, run_worker_group
+    from harness.study.worker import run_worker, run_worker_group
 
     per_gpu = a.processes or cfg.workers_per_gpu
     if per_gpu > 1:
         from dataclasses import replace
 
-        cfg = replace(cfg, raw=cfg.raw | {"workers_per_gpu": per_gpu})
+        cfg = replace(cfg, workers_per_gpu=per_gpu, raw=cfg.raw | {"workers_per_gpu": per_gpu})
         n = run_worker_group(cfg, a.config, a.worker, a.threads)
         print(f"worker group {a.worker} ({per_gpu} processes): the study has {n} finished trials")
         return
@@ -109,7 +109,8 @@ def cmd_worker(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> None:
     cfg = _config(a)
     from harness.study.data import prepare
-    from harness.study.runner import create, run_worker
+    from harness.study.lifecycle import create
+    from harness.study.worker import run_worker
 
     prepare(cfg, allow_download=True)  # refuses a config the stored study would refuse, first
     create(cfg)
@@ -119,7 +120,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 def cmd_delete(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.runner import delete_study
+    from harness.study.lifecycle import delete_study
 
     attic = delete_study(cfg, force=a.force)
     print(f"study {cfg.name} set aside in {attic}; its name is free")
@@ -131,7 +132,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     if a.shard is not None:
         evaluate_shard(cfg, a.shard)
-        print(f"{cfg.name}: evaluation shard {a.shard} of {cfg.evaluate['jobs']} done")
+        print(f"{cfg.name}: evaluation shard {a.shard} of {cfg.evaluate.jobs} done")
         return
     df = evaluate_study(cfg)
     cols = [c for c in ("config", "val_recall@1", "test_recall@1", "test_map@r") if c in df]
@@ -172,6 +173,14 @@ def cmd_bench(a: argparse.Namespace) -> None:
     run_bench(out_dir=Path(a.out), quick=a.quick)
 
 
+def cmd_schema(a: argparse.Namespace) -> None:
+    import json
+
+    from harness.study.config import schema
+
+    print(json.dumps(schema(), indent=2))
+
+
 def cmd_smoke(a: argparse.Namespace) -> None:
     _threads(a.threads)
     from harness.smoke import run_smoke
@@ -189,7 +198,14 @@ def parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: torch's choice)",
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _data_commands(sub)
+    _study_commands(sub)
+    _result_commands(sub)
+    _tool_commands(sub)
+    return p
 
+
+def _data_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     data = sub.add_parser("data", help="verify or prepare a dataset").add_subparsers(
         dest="data_cmd", required=True, parser_class=Parser
     )
@@ -203,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", required=True)
     pr.set_defaults(func=cmd_prepare)
 
+
+def _study_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     study = sub.add_parser("study", help="create a study, run workers, set one aside").add_subparsers(
         dest="study_cmd", required=True, parser_class=Parser
     )
@@ -225,6 +243,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--force", action="store_true", help="also a study with finished trials")
         s.set_defaults(func=func)
 
+
+def _result_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     e = sub.add_parser(
         "evaluate", help="re-train the top configs on all train classes, score on test classes"
     )
@@ -245,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: see above)")
     r.add_argument("--separate", action="store_true", help="one page per study instead of one for all")
     r.set_defaults(func=cmd_report)
+
+
+def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     sm = sub.add_parser(
         "smoke", help="seconds: import everything, write an MLflow store and an Optuna journal"
     )
@@ -253,7 +276,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench/results")
     b.add_argument("--quick", action="store_true", help="smallest sizes only")
     b.set_defaults(func=cmd_bench)
-    return p
+    sc = sub.add_parser("schema", help="print the study config's JSON schema (for an editor's YAML support)")
+    sc.set_defaults(func=cmd_schema)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (harness schema | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # disk full, read-only or vanished files in the middle of a run
         where = f" {e.filename}" if e.filename else ""
         print(

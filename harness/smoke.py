@@ -75,6 +75,14 @@ def check_stores(folder: Path) -> None:
     study.tell(trial, trial.suggest_float("margin", 0.1, 0.3))
     if len(study.trials) != 1:  # pragma: no cover - a broken storage
         raise HarnessError(f"the Optuna journal in {folder} did not keep its trial")
+    from harness.study.optuna_api import TESTED, missing
+
+    gone = missing()
+    if gone:
+        raise HarnessError(
+            f"this Optuna ({optuna.__version__}) lacks {', '.join(gone)}, which the harness needs"
+            f" (tested with optuna {TESTED}); install the version pyproject.toml pins"
+        )
 
 
 def device_line() -> str:

@@ -16,6 +16,8 @@ from fixtures import make_cub
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from harness.study.optuna_api import trial_id
+
 HARNESS = [str(Path(sys.executable).parent / "harness")]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -91,7 +93,7 @@ def kill_mid_trial(
         for t in study_of().get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("harness.owner") or {}
             pid = owner.get("pid")
-            mine = owner.get("trial_id") == t._trial_id
+            mine = owner.get("trial_id") == trial_id(t)
             if mine and pid in pids and pid not in killed and len(t.intermediate_values) >= 1:
                 os.kill(pid, signal.SIGKILL)
                 killed[pid] = t.number

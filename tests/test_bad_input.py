@@ -18,7 +18,7 @@ from test_cli_errors import read_only
 from test_pipeline import NAME, tiny_config
 
 from harness.cli import main
-from harness.data import DATASETS
+from harness.data import get_dataset
 from harness.errors import ConfigError
 from harness.study import parse_config
 
@@ -30,7 +30,7 @@ def cub(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def any_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DATASETS["cub"], "num_images", None)
+    monkeypatch.setattr(type(get_dataset("cub")), "num_images", None)
 
 
 def verify(cub: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -276,7 +276,7 @@ def test_ctrl_c_while_decoding_is_one_line_and_prompt(
 
 
 def test_sigint_names_itself() -> None:
-    from harness.study.runner import signal_name
+    from harness.study.signals import signal_name
 
     assert signal_name(KeyboardInterrupt()) == "SIGINT (Ctrl-C)"
     assert signal_name(KeyboardInterrupt("signal 15")) == "SIGTERM"
@@ -288,9 +288,9 @@ def test_only_the_first_signal_stops_a_worker() -> None:
     import os
     import signal
 
-    from harness.study.runner import _Signals, signal_name
+    from harness.study.signals import Signals, signal_name
 
-    with _Signals() as signals:
+    with Signals() as signals:
         signals.interruptible = True
         with pytest.raises(KeyboardInterrupt) as first:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -299,7 +299,7 @@ def test_only_the_first_signal_stops_a_worker() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # during the re-queue, still interruptible
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)  # both handled by now: ignored, nothing raised
-    with _Signals() as signals:  # outside a trial: held until the step is done, then raised once
+    with Signals() as signals:  # outside a trial: held until the step is done, then raised once
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # a forwarded copy, milliseconds later: ignored
         time.sleep(0.05)
@@ -307,7 +307,7 @@ def test_only_the_first_signal_stops_a_worker() -> None:
             signals.check()
         assert signal_name(held.value) == "SIGINT (Ctrl-C)"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    with _Signals() as signals:  # held while waiting on a lock: a person's second Ctrl-C stops the wait
+    with Signals() as signals:  # held while waiting on a lock: a person's second Ctrl-C stops the wait
         signals.FORCE_AFTER = 0.1
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.2)
@@ -318,7 +318,7 @@ def test_only_the_first_signal_stops_a_worker() -> None:
             time.sleep(1)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background by a script
     try:
-        with _Signals():
+        with Signals():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # stays ignored
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -19,8 +19,8 @@ import yaml
 from fixtures import make_cub
 
 from harness.cli import main
-from harness.data import DATASETS
-from harness.mining import MINERS
+from harness.data import get_dataset
+from harness.registry import MINERS
 
 FIRST_IMAGE = "images/001.Bird_Species_001/Bird_Species_001_0001.jpg"
 TEST_IMAGE = "images/150.Bird_Species_150/Bird_Species_150_0002.jpg"
@@ -50,7 +50,7 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 @pytest.fixture
 def any_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let ``data verify`` accept a fixture with fewer than the official 11788 images."""
-    monkeypatch.setattr(DATASETS["cub"], "num_images", None)
+    monkeypatch.setattr(type(get_dataset("cub")), "num_images", None)
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_unknown_miner_lists_known_miners(tmp_path: Path, capsys: pytest.Capture
     msg = one_error_line(code, err)
     assert "search_space.mining" in msg and "'hardest'" in msg
     known = msg.split("known miners: ")[1]
-    assert known.split(", ") == list(MINERS)
+    assert known.split(", ") == list(MINERS.names())
     for name in ("all", "semihard", "hard", "batch-hard", "distance-weighted", "random", "offline-hard"):
         assert name in known.split(", ")
     assert not (tmp_path / "results").exists()  # nothing prepared before the config is checked
@@ -279,9 +279,9 @@ def test_missing_config_file_every_command(
 def test_help_lists_the_commands(tmp_path: Path) -> None:
     r = run_subprocess(["--help"], tmp_path)
     assert r.returncode == 0
-    for command in ("data", "study", "evaluate", "report", "smoke", "bench"):
+    for command in ("data", "study", "evaluate", "report", "smoke", "bench", "schema"):
         assert command in r.stdout
-    assert "{data,study,evaluate,report,smoke,bench}" in r.stdout
+    assert "{data,study,evaluate,report,smoke,bench,schema}" in r.stdout
 
 
 # --- storage and results-dir faults (issue #4) --------------------------------------------------------

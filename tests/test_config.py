@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 
-from harness.data import DATASETS
 from harness.errors import ConfigError
-from harness.losses import DISTANCES
-from harness.mining import MINERS
+from harness.registry import DATASETS, DISTANCES, MINERS
 from harness.study import load_config, parse_config
-from harness.study.config import DEFAULTS
+from harness.study.config import DEFAULTS, Budget, Fixed, SamplerConfig
 
 MINIMAL: dict[str, Any] = {"name": "tiny", "dataset": "cub"}
 SCHEMA_KEYS = sorted(
@@ -40,22 +38,22 @@ def test_defaults_are_applied() -> None:
     assert (c.name, c.dataset) == ("tiny", "cub")
     for key, value in DEFAULTS.items():
         assert c.raw[key] == value, key
-    assert c.epochs == 8 and c.search_space == {}
+    assert c.epochs == 8 and c.search_space.specs == {} and c.raw["search_space"] == {}
     assert c.cache_px == 128
     assert c.study_dir == Path("results") / "tiny"
 
 
 def test_nested_sections_merge_with_defaults_but_search_space_replaces() -> None:
     c = parse_config(cfg(budget={"n_trials": 3}, sampler={"name": "random"}, search_space={"margin": 0.1}))
-    assert c.budget == {"n_trials": 3, "timeout": None}
-    assert c.sampler == {"name": "random", "seed": 0, "n_startup_trials": 8}
-    assert c.search_space == {"margin": 0.1}
+    assert c.budget == Budget(n_trials=3, timeout=None)
+    assert c.sampler == SamplerConfig(name="random", seed=0, n_startup_trials=8)
+    assert c.search_space.specs == {"margin": Fixed(0.1)} and c.raw["search_space"] == {"margin": 0.1}
 
 
 def test_defaults_are_not_shared_between_configs() -> None:
     a = parse_config(MINIMAL)
     a.raw["budget"]["n_trials"] = 999
-    assert parse_config(MINIMAL).budget["n_trials"] == DEFAULTS["budget"]["n_trials"] == 20
+    assert parse_config(MINIMAL).budget.n_trials == DEFAULTS["budget"]["n_trials"] == 20
 
 
 def test_unknown_top_level_key_names_it_and_lists_allowed() -> None:
@@ -86,26 +84,26 @@ def test_not_a_mapping() -> None:
 def test_unknown_miner_lists_known_miners(mining: Any) -> None:
     msg = error(cfg(search_space={"mining": mining}))
     assert "search_space.mining" in msg and "hardest" in msg
-    for name in MINERS:
+    for name in MINERS.names():
         assert name in msg
 
 
 def test_unknown_distance_lists_known_distances() -> None:
     msg = error(cfg(search_space={"distance": {"choices": ["cosine", "l1"]}}))
     assert "'l1'" in msg
-    for name in DISTANCES:
+    for name in DISTANCES.names():
         assert name in msg
 
 
 def test_every_known_miner_and_distance_is_accepted() -> None:
-    space = {"mining": {"choices": list(MINERS)}, "distance": {"choices": list(DISTANCES)}}
-    assert parse_config(cfg(search_space=space)).search_space == space
+    space = {"mining": {"choices": list(MINERS.names())}, "distance": {"choices": list(DISTANCES.names())}}
+    assert parse_config(cfg(search_space=space)).raw["search_space"] == space
 
 
 def test_unknown_dataset_lists_known() -> None:
     msg = error(cfg(dataset="mnist"))
     assert "'mnist'" in msg
-    for name in DATASETS:
+    for name in DATASETS.names():
         assert name in msg
 
 
@@ -136,9 +134,10 @@ def test_space_hash() -> None:
     assert base.space_hash() == same.space_hash()
     assert len({base.space_hash(), wider.space_hash(), more.space_hash()}) == 3
     # What trials mean changes with the data protocol too, but not with cosmetic keys.
-    assert parse_config(cfg(seed=1, search_space=base.search_space)).space_hash() != base.space_hash()
-    assert parse_config(cfg(epochs=2, search_space=base.search_space)).space_hash() != base.space_hash()
-    cosmetic = parse_config(cfg(description="x", workers=4, search_space=base.search_space))
+    space = base.raw["search_space"]
+    assert parse_config(cfg(seed=1, search_space=space)).space_hash() != base.space_hash()
+    assert parse_config(cfg(epochs=2, search_space=space)).space_hash() != base.space_hash()
+    cosmetic = parse_config(cfg(description="x", workers=4, search_space=space))
     assert cosmetic.space_hash() == base.space_hash()
 
 
@@ -168,22 +167,21 @@ def test_load_config_errors(tmp_path: Path) -> None:
     good.write_text(
         "name: tiny\ndataset: cub\nsearch_space:\n  mining: {choices: [semihard, offline-hard]}\n"
     )
-    assert load_config(good).search_space == {"mining": {"choices": ["semihard", "offline-hard"]}}
+    assert load_config(good).raw["search_space"] == {"mining": {"choices": ["semihard", "offline-hard"]}}
 
 
-def test_the_light_name_lists_match_the_registries() -> None:
-    """Configs are checked against harness.names (no torch import); the registries must agree."""
-    from harness import names
-    from harness.data import DATASETS
-    from harness.evaluation import DISTANCES as EVAL_DISTANCES
-    from harness.losses import DISTANCES
-    from harness.mining import MINERS
+def test_the_schema_lists_every_hyperparameter_and_trunk_mode() -> None:
+    """The search space's keys come from the table, the trunk modes from their registry."""
+    from harness.params import TABLE
+    from harness.registry import TRUNKS
+    from harness.study.config import schema
 
-    assert set(DISTANCES) == set(names.DISTANCES) == set(EVAL_DISTANCES)
-    assert tuple(DATASETS) == names.DATASETS
-    assert MINERS == names.MINERS
-    for name, spec in DATASETS.items():
-        assert names.TRAIN_CLASSES[name] == len(spec.train_classes)
+    s = schema()
+    assert list(s["properties"]["search_space"]["properties"]) == list(TABLE)
+    assert set(s["properties"]["trunk"]["enum"]) == set(TRUNKS.names()) == {"frozen", "partial", "finetune"}
+    for p in TABLE.values():
+        ref = s["properties"]["search_space"]["properties"][p.name]["$ref"]
+        assert ref.split("/")[-1] in s["definitions"], p.name
 
 
 def test_the_space_hash_of_existing_studies_does_not_move() -> None:

@@ -244,7 +244,7 @@ def test_cars_archives() -> None:
 
 
 def test_registry() -> None:
-    assert set(DATASETS) == {"cub", "cars"}
+    assert set(DATASETS.names()) == {"cub", "cars"}
     assert isinstance(get_dataset("cub"), CUB200)
     assert isinstance(get_dataset("cars"), Cars196)
 

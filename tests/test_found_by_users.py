@@ -47,7 +47,7 @@ def test_a_replaced_image_with_size_and_mtime_kept_is_decoded_again(tmp_path: Pa
     cfg = parse_config(tiny_config(root, tmp_path / "results"))
     first = prepare(cfg)
     before_pixels = np.array(first.images_u8[0])
-    before_features = np.array(first.features[0])
+    before_features = np.array(first.inputs[0])
     path = first.images.absolute(0)
     st = path.stat()
     path.write_bytes(_same_size_stand_in(first.images, 0))
@@ -57,7 +57,7 @@ def test_a_replaced_image_with_size_and_mtime_kept_is_decoded_again(tmp_path: Pa
     again = prepare(cfg)
     assert np.array_equal(again.images_u8[0], decode(path, cfg.cache_px))  # the new pixels...
     assert not np.array_equal(again.images_u8[0], before_pixels)
-    assert not np.array_equal(again.features[0], before_features)  # ...and features of them
+    assert not np.array_equal(again.inputs[0], before_features)  # ...and features of them
     assert np.array_equal(again.images_u8[1:], first.images_u8[1:])
 
 
@@ -149,3 +149,4 @@ def test_a_real_full_disk_while_decoding_is_one_line_not_sigbus(tmp_path: Path) 
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
     assert "No space left on device" in errors[0], errors
     assert ".part" not in (out / "ls.txt").read_text()
+

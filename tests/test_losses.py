@@ -145,5 +145,5 @@ def test_unknown_distance_lists_known_names() -> None:
         get_distance("manhattan")
     msg = str(err.value)
     assert "'manhattan'" in msg
-    for name in DISTANCES:
+    for name in DISTANCES.names():
         assert name in msg

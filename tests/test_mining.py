@@ -10,7 +10,9 @@ from oracles import all_triplets
 
 from harness.errors import HarnessError
 from harness.losses import get_distance
-from harness.mining import MINERS, OFFLINE, get_miner
+from harness.mining import MINERS, get_miner, offline_miners
+
+OFFLINE = offline_miners()
 
 DISTANCE_NAMES = ("euclidean", "squared_euclidean", "cosine")
 
@@ -327,5 +329,5 @@ def test_unknown_miner_lists_known_names() -> None:
         get_miner("hardest", get_distance("cosine"), 0.2)
     msg = str(err.value)
     assert "'hardest'" in msg
-    for name in MINERS:
+    for name in MINERS.names():
         assert name in msg

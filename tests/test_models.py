@@ -12,7 +12,8 @@ from harness.errors import ConfigError, DataError, HarnessError
 from harness.models import EmbeddingHead, create_trunk
 from harness.models.embedder import Embedder
 from harness.models.pretrained import LITE0_MEAN_STD, lite0_weights_path, load_by_position
-from harness.training import ImageSource, TrialParams, train
+from harness.params import TrialParams
+from harness.training import ImageSource, train
 
 
 def test_lite0_weights_land_in_timm_lite0_in_order() -> None:
@@ -84,7 +85,7 @@ def test_trunk_pool_keeps_one_module_and_resets_weights_per_trial() -> None:
     each trial's seed, as a new model would. (Compiled work is reused through torch's graph caches:
     tests/test_compiled_step.py.)"""
     from harness.study.config import parse_config
-    from harness.study.data import TrunkPool
+    from harness.study.trunks import TrunkPool
 
     cfg = parse_config(
         {

@@ -321,7 +321,7 @@ def test_a_refused_config_change_writes_nothing(
 
 def test_snakemake_freeze_refuses_a_changed_config_before_writing(data_root: Path, tmp_path: Path) -> None:
     from harness.study import parse_config
-    from harness.study.runner import freeze
+    from harness.study.lifecycle import freeze
 
     raw, path = finished(data_root, tmp_path, n_trials=1)
     frozen = tmp_path / "results" / NAME / "config.yaml"
@@ -504,7 +504,7 @@ def _memory_study() -> optuna.Study:
 
 def test_an_interrupted_trial_is_requeued_once_however_many_sweeps(data_root: Path, tmp_path: Path) -> None:
     from harness.study import parse_config
-    from harness.study.runner import INTERRUPTED, sweep
+    from harness.study.sweep import INTERRUPTED, sweep
 
     cfg = parse_config(config(data_root, tmp_path))
     study = _memory_study()
@@ -531,7 +531,7 @@ def test_an_interrupted_trial_is_requeued_once_however_many_sweeps(data_root: Pa
 def test_storage_errors_of_an_rdb_count_as_the_machines(tmp_path: Path) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from harness.study.runner import resource_error
+    from harness.study.failures import resource_error
 
     try:
         try:
@@ -578,8 +578,8 @@ def test_a_checkpoint_from_before_uids_still_resumes(tmp_path: Path) -> None:
 
 
 def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Path) -> None:
+    from harness.params import TrialParams
     from harness.study.final import Evaluator, Unit
-    from harness.training import TrialParams
 
     ev = object.__new__(Evaluator)
     ev.uid, ev.split, ev.dir = "u1", "s1", tmp_path
@@ -616,12 +616,13 @@ def test_delete_refuses_while_a_trial_runs(
 ) -> None:
     import os
 
+    from harness.study.optuna_api import trial_id
     from harness.study.storage import OWNER_ATTR, owner_record
 
     raw, path = finished(data_root, tmp_path, n_trials=1)
     study = study_of(tmp_path / "results")
     t = study.ask()
-    t.set_user_attr(OWNER_ATTR, owner_record(t._trial_id))  # this (live) process owns it
+    t.set_user_attr(OWNER_ATTR, owner_record(trial_id(t)))  # this (live) process owns it
     assert t.user_attrs[OWNER_ATTR]["pid"] == os.getpid()
     capsys.readouterr()
     msg = one_error_line(main(["study", "delete", "--config", str(path), "--force"]), capsys.readouterr().err)

@@ -31,7 +31,7 @@ import harness.data.cache
 import harness.data.images
 import harness.study.data
 import harness.study.final
-import harness.study.runner
+import harness.study.worker
 from harness.cli import main
 
 NAME = "tiny"
@@ -266,20 +266,21 @@ def test_hpo_never_reads_test_classes(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(harness.study.final, "final_sources", forbidden)
     objectives: list = []
 
-    class Recording(harness.study.runner.Objective):
+    class Recording(harness.study.worker.Objective):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             objectives.append(self)
 
-    monkeypatch.setattr(harness.study.runner, "Objective", Recording)
+    monkeypatch.setattr(harness.study.worker, "Objective", Recording)
     monkeypatch.chdir(tmp_path)
     assert main(["study", "run", "--config", str(config)]) == 0
 
     assert len(objectives) == 1
     m = json.loads((results / NAME / "split_manifest.json").read_text())["classes"]
     obj = objectives[0]
-    train = set(np.unique(obj.train_src.labels.cpu().numpy()).tolist())
-    val = set(np.unique(obj.val_src.labels.cpu().numpy()).tolist())
+    train_src, val_src = obj.sources.value
+    train = set(np.unique(train_src.labels.cpu().numpy()).tolist())
+    val = set(np.unique(val_src.labels.cpu().numpy()).tolist())
     assert train == set(m["train"]) and val == set(m["val"])
     assert not (train | val) & set(m["test"])
 

@@ -13,10 +13,8 @@ from harness.report.build import (
     _map_disagreement,
     curves_frame,
     equal_compute_table,
+    final_table,
     strategy_table,
-)
-from harness.report.build import (
-    test_table as final_table,
 )
 
 
@@ -155,8 +153,9 @@ def test_final_table_is_narrow_and_keeps_epochs_lr_and_dim() -> None:
     }
     for m in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"):
         row |= {f"test_{m}": 0.3, f"test_{m}_low": 0.29, f"test_{m}_high": 0.31}
-    out = final_table(pd.DataFrame([row]))
-    assert list(out.columns)[-4:] == ["P×K", "lr", "dim", "epochs"]
+    out = final_table(pd.DataFrame([row]), "frozen")
+    assert list(out.columns)[-3:] == ["lr", "dim", "epochs"] and "P×K" in out.columns
+    assert "blocks" not in out.columns and "trunk lr" not in out.columns  # not a partial trunk
     assert out.loc[0, "P×K"] == "32×8" and out.loc[0, "lr"] == "2.2e-04" and out.loc[0, "dim"] == "512"
     assert len(out.columns) <= 14
 

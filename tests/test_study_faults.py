@@ -20,9 +20,13 @@ from test_pipeline import tiny_config
 from harness.errors import ConfigError, HarnessError
 from harness.study import parse_config
 from harness.study.data import prepare
+from harness.study.identity import load_study
+from harness.study.lifecycle import create
 from harness.study.objective import Objective, suggest_params
-from harness.study.runner import create, finished, load_study, run_worker, sweep
+from harness.study.optuna_api import storage_of, trial_id
 from harness.study.storage import HEARTBEAT_ATTR, OWNER_ATTR, owner_is_dead, owner_record, process_start
+from harness.study.sweep import StaleTrialHandler, sweep
+from harness.study.worker import finished, run_worker
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_typed_search_space_errors() -> None:
         parse_config(base | {"search_space": {"refresh_every": 0}})
     with pytest.raises(ConfigError, match="budget: set n_trials, timeout"):
         parse_config(base | {"budget": {"n_trials": None}})
-    assert parse_config(base | {"budget": {"n_trials": None, "timeout": 60}}).budget["timeout"] == 60
+    assert parse_config(base | {"budget": {"n_trials": None, "timeout": 60}}).budget.timeout == 60
 
 
 def test_batch_p_wider_than_the_training_classes_is_caught_before_the_search(
@@ -151,9 +155,9 @@ def _running_trial(study: optuna.Study, cfg, owner: dict | None = None, beat: fl
     trial = study.ask()
     suggest_params(trial, cfg.search_space)
     if owner is not None:
-        trial.set_user_attr(OWNER_ATTR, owner | {"trial_id": trial._trial_id})
+        trial.set_user_attr(OWNER_ATTR, owner | {"trial_id": trial_id(trial)})
     if beat is not None:
-        study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, [trial._trial_id, beat])
+        storage_of(study).set_trial_system_attr(trial_id(trial), HEARTBEAT_ATTR, [trial_id(trial), beat])
     return trial.number
 
 
@@ -161,7 +165,7 @@ def test_journal_heartbeat_grace_period(data_root: Path, tmp_path: Path) -> None
     cfg = _cfg(data_root, tmp_path / "results")
     prepare(cfg)
     create(cfg)
-    study = load_study(cfg)
+    study = load_study(cfg, on_stale=StaleTrialHandler(cfg))  # as a worker opens it
     remote = {"host": "another-node", "pid": 1, "pid_start": "1"}
     fresh = _running_trial(study, cfg, remote, beat=time.time())
     old = _running_trial(study, cfg, remote, beat=time.time() - 1000)

@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from harness.models import EmbeddingHead
-from harness.study.config import PARAM_DEFAULTS
+from harness.params import TrialParams, defaults
+from harness.study.config import SearchSpace, to_spec
 from harness.study.objective import suggest_params
-from harness.training import (
-    FeatureSource,
-    ImageSource,
-    TrainingDiverged,
-    TrialParams,
-    evaluate_source,
-    train,
-)
+from harness.training import FeatureSource, ImageSource, TrainingDiverged, evaluate_source, train
 from harness.training.checkpoint import TrialCheckpoint
 
 CPU = torch.device("cpu")
@@ -172,14 +166,23 @@ def test_nan_features_raise_training_diverged(mining: str) -> None:
 
 # --- objective: suggest_params ---------------------------------------------------------------------
 
-SPACE = {
-    "margin": {"low": 0.05, "high": 0.5},
-    "batch_p": {"low": 2, "high": 8},
-    "distance": {"choices": ["cosine", "euclidean"]},
-    "mining": {"choices": ["semihard", "batch-hard", "offline-hard", "offline-random"]},
-    "lr": {"low": 1e-5, "high": 1e-2, "log": True},
-    "refresh_every": {"low": 1, "high": 4},
-}
+PARAM_DEFAULTS = defaults("frozen")
+
+
+def space(raw: dict, trunk: str = "frozen") -> SearchSpace:
+    return SearchSpace({k: to_spec(v) for k, v in raw.items()}, trunk)
+
+
+SPACE = space(
+    {
+        "margin": {"low": 0.05, "high": 0.5},
+        "batch_p": {"low": 2, "high": 8},
+        "distance": {"choices": ["cosine", "euclidean"]},
+        "mining": {"choices": ["semihard", "batch-hard", "offline-hard", "offline-random"]},
+        "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+        "refresh_every": {"low": 1, "high": 4},
+    }
+)
 
 
 def test_suggest_params_with_fixed_trial_offline() -> None:
@@ -225,7 +228,7 @@ def test_suggest_params_with_fixed_trial_online_ignores_refresh_every() -> None:
 
 def test_suggest_params_fixed_values_are_not_searched() -> None:
     trial = optuna.trial.FixedTrial({})
-    p = suggest_params(trial, {"mining": "offline-random", "refresh_every": 2, "margin": 0.4})
+    p = suggest_params(trial, space({"mining": "offline-random", "refresh_every": 2, "margin": 0.4}))
     assert (p.mining, p.refresh_every, p.margin) == ("offline-random", 2, 0.4)
     assert p.batch_p == PARAM_DEFAULTS["batch_p"] and p.distance == PARAM_DEFAULTS["distance"]
 

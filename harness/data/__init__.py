@@ -1,23 +1,15 @@
-"""Dataset registry: config files name a dataset, this maps the name to its loader."""
+"""Datasets: each registers itself (``@DATASETS.register("cub")``) in its own module of this package."""
 
 from __future__ import annotations
 
 from harness.data.base import ImageList
-from harness.data.cars import Cars196
-from harness.data.cub import CUB200
-from harness.errors import unknown_name
-
-Dataset = CUB200 | Cars196
-
-DATASETS: dict[str, Dataset] = {"cub": CUB200(), "cars": Cars196()}
+from harness.data.dataset import Dataset
+from harness.registry import DATASETS
 
 
 def get_dataset(name: str) -> Dataset:
     """The loader registered under ``name``; an unknown name lists the known ones."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise unknown_name("dataset", name, list(DATASETS)) from None
+    return DATASETS.get(name)()
 
 
-__all__ = ["DATASETS", "Cars196", "CUB200", "Dataset", "ImageList", "get_dataset"]
+__all__ = ["DATASETS", "Dataset", "ImageList", "get_dataset"]

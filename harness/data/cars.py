@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.base import ImageList
-from harness.data.download import Archive, download_and_extract
+from harness.data.dataset import Dataset, Listing
+from harness.data.download import Archive
 from harness.errors import DataError
+from harness.registry import DATASETS
 
 ANNOS_MAT = "cars_annos.mat"
 META_MAT = "devkit/cars_meta.mat"
@@ -65,7 +67,8 @@ def _class_names(mat: dict, path: Path) -> list[str]:
     return [str(n) for n in np.atleast_1d(names).tolist()]
 
 
-class Cars196:
+@DATASETS.register("cars")
+class Cars196(Dataset):
     """Stanford Cars (Krause et al. 2013); retrieval protocol: classes 1-98 train, 99-196 test.
 
     The per-image ``test`` flag of ``cars_annos.mat`` (and the devkit's train/test files) is the
@@ -74,9 +77,10 @@ class Cars196:
 
     name = "cars"
     num_classes = 196
-    num_images: int | None = 16185
+    num_images = 16185
     train_classes = range(1, 99)
     test_classes = range(99, 197)
+    shared_copy = "../shared/data/cars196-128"
     # Folders the dataset is commonly unpacked into (torchvision uses stanford_cars/).
     folders = ("stanford_cars", "cars196", "Cars196")
     # Layout (a), the one download() fetches. md5s as published by KevinMusgrave/powerful-benchmarker
@@ -135,15 +139,13 @@ class Cars196:
         for candidate in (root, *(root / f for f in self.folders)):
             if self.layout(candidate) is not None:
                 return candidate
-        if not root.exists():
-            raise DataError(f"dataset root {root} does not exist; set data_root to the Stanford Cars folder")
-        raise DataError(
+        raise self.missing_root(
+            root,
             f"neither {ANNOS_MAT} nor {TRAIN_MAT} under {root}; set data_root to the folder holding"
-            f" {ANNOS_MAT} + car_ims/ (or the devkit layout: devkit/, cars_train/, cars_test/)"
+            f" {ANNOS_MAT} + car_ims/ (or the devkit layout: devkit/, cars_train/, cars_test/)",
         )
 
-    def load(self, root: Path, strict_counts: bool = True) -> ImageList:
-        root = self.find_root(root)
+    def read(self, root: Path) -> Listing:
         if self.layout(root) == "annos":
             paths, ys, names, where = self._load_annos(root)
         else:
@@ -155,20 +157,7 @@ class Cars196:
                 f"{where}: class id {bad} outside 1..{len(names)} (the class_names list);"
                 " the metadata files do not belong together, re-extract the dataset"
             )
-        if len(set(paths)) != len(paths):
-            raise DataError(f"{where}: some images are listed twice; re-download the annotation file")
-        found = np.unique(labels)
-        if strict_counts and (len(names) != self.num_classes or len(found) != self.num_classes):
-            raise DataError(
-                f"{root}: expected {self.num_classes} classes, class_names lists {len(names)} and"
-                f" images use {len(found)}; the copy is incomplete, re-extract the dataset"
-            )
-        if strict_counts and self.num_images is not None and len(paths) != self.num_images:
-            raise DataError(
-                f"{where}: expected {self.num_images} images, found {len(paths)};"
-                " the copy is incomplete, re-extract the dataset"
-            )
-        return ImageList(self.name, root, tuple(paths), labels)
+        return Listing(ImageList(self.name, root, tuple(paths), labels), len(names), "class_names", where)
 
     def _load_annos(self, root: Path) -> tuple[list[str], np.ndarray, list[str], Path]:
         path = root / ANNOS_MAT
@@ -194,9 +183,3 @@ class Cars196:
             paths += [f"{folder}/{f}" for f in ann["fname"].tolist()]
             ys.append(_class_ids(ann["class"], mat_path))
         return paths, np.concatenate(ys), names, root
-
-    def download(self, dest: Path) -> Path:
-        """Fetch car_ims.tgz and cars_annos.mat (checksum-verified); returns the dataset root."""
-        for archive in self.archives:
-            download_and_extract(archive, Path(dest))
-        return self.find_root(Path(dest))

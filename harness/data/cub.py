@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.base import ImageList, read_table
-from harness.data.download import Archive, download_and_extract
+from harness.data.dataset import Dataset, Listing
+from harness.data.download import Archive
 from harness.errors import DataError
+from harness.registry import DATASETS
 
 
-class CUB200:
+@DATASETS.register("cub")
+class CUB200(Dataset):
     """Caltech-UCSD Birds-200-2011; retrieval protocol: classes 1-100 train, 101-200 test.
 
     ``train_test_split.txt`` is the per-image classification split and is deliberately unused.
@@ -19,9 +22,10 @@ class CUB200:
 
     name = "cub"
     num_classes = 200
-    num_images: int | None = 11788
+    num_images = 11788
     train_classes = range(1, 101)
     test_classes = range(101, 201)
+    shared_copy = "../shared/data/cub200-128"
     folder = "CUB_200_2011"
     archives = (
         Archive(
@@ -38,19 +42,15 @@ class CUB200:
             return root
         if (root / self.folder / "images.txt").is_file():
             return root / self.folder
-        if not root.exists():
-            raise DataError(
-                f"dataset root {root} does not exist; set data_root to the folder holding {self.folder}/"
-            )
-        raise DataError(
+        raise self.missing_root(
+            root,
             f"no images.txt under {root} or {root / self.folder}; set data_root to the"
-            f" {self.folder} folder of the official archive"
+            f" {self.folder} folder of the official archive",
         )
 
-    def load(self, root: Path, strict_counts: bool = True) -> ImageList:
+    def read(self, root: Path) -> Listing:
         """The image list with its labels; duplicate ids and labels outside classes.txt are errors
-        whatever ``strict_counts`` says (an image with an unknown class would drop out of every split)."""
-        root = self.find_root(root)
+        whatever the counts (an image with an unknown class would drop out of every split)."""
         images = _ids(root / "images.txt", "image id -> file list")
         labels = _ids(root / "image_class_labels.txt", "image id -> class id")
         classes = _ids(root / "classes.txt", "class id -> class name")
@@ -85,24 +85,8 @@ class CUB200:
             seen[rel] = image_id
             paths.append(rel)
             ys.append(by_id[image_id])
-        found = sorted(set(ys))
-        if strict_counts and (len(classes) != self.num_classes or len(found) != self.num_classes):
-            raise DataError(
-                f"{root}: expected {self.num_classes} classes, classes.txt lists {len(classes)} and"
-                f" images use {len(found)}; the copy is incomplete, re-extract the dataset"
-            )
-        if strict_counts and self.num_images is not None and len(paths) != self.num_images:
-            raise DataError(
-                f"{root / 'images.txt'}: expected {self.num_images} images, found {len(paths)};"
-                " the copy is incomplete, re-extract the dataset"
-            )
-        return ImageList(self.name, root / "images", tuple(paths), np.asarray(ys, dtype=np.int64))
-
-    def download(self, dest: Path) -> Path:
-        """Fetch and unpack the official archive (checksum-verified); returns the dataset root."""
-        for archive in self.archives:
-            download_and_extract(archive, Path(dest))
-        return self.find_root(Path(dest))
+        listed = ImageList(self.name, root / "images", tuple(paths), np.asarray(ys, dtype=np.int64))
+        return Listing(listed, len(classes), "classes.txt", root / "images.txt")
 
 
 def _int(text: str, path: Path, line: int) -> int:

@@ -17,7 +17,13 @@ import numpy as np
 
 from harness.data.base import ImageList
 from harness.errors import ConfigError, DataError
-from harness.names import carve_out
+
+
+def carve_out(n_train_classes: int, val_fraction: float) -> tuple[int, int]:
+    """(classes left to train on, validation classes) when ``val_fraction`` of the training classes
+    become validation classes: the rule of the split, and of the config check that runs before it."""
+    n_val = max(2, int(round(val_fraction * n_train_classes)))
+    return n_train_classes - n_val, n_val
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Miner registry: config names -> online (in-batch) and offline (whole-set) strategies.
+"""Miners: each registers itself (``@MINERS.register("semihard")``) in its own module of this package.
 
 ``impl="own"`` (default) are this package's fused, sync-free miners; ``impl="pml"`` wraps
 pytorch-metric-learning's miners, the reference they are tested and benchmarked against.
@@ -9,17 +9,18 @@ from __future__ import annotations
 import torch
 from pytorch_metric_learning.distances import BaseDistance
 
-from harness.errors import ConfigError, unknown_name
+from harness.errors import ConfigError
 from harness.mining.base import LossOut, Miner, Triplets
-from harness.mining.batch_hard import BatchHardMiner
-from harness.mining.offline import OfflineMiner
-from harness.mining.pml_miner import PMLMiner
-from harness.mining.sampled import DistanceWeightedMiner, RandomMiner
-from harness.mining.triplet_margin import TripletMarginMiner
-from harness.names import MINERS, OFFLINE_MINERS, ONLINE_MINERS
+from harness.params import is_offline
+from harness.registry import MINERS
 
-ONLINE = ONLINE_MINERS
-OFFLINE = OFFLINE_MINERS
+
+def online_miners() -> tuple[str, ...]:
+    return tuple(n for n in MINERS.names() if not is_offline(n))
+
+
+def offline_miners() -> tuple[str, ...]:
+    return tuple(n for n in MINERS.names() if is_offline(n))
 
 
 def get_miner(
@@ -28,25 +29,21 @@ def get_miner(
     margin: float,
     generator: torch.Generator | None = None,
     impl: str = "own",
-    **params: float,
+    refresh_every: int = 1,
 ) -> Miner:
-    """``get_miner("semihard", distance, margin)``; unknown names list the known ones."""
-    if name not in MINERS:
-        raise unknown_name("miner", name, list(MINERS))
-    refresh_every = int(params.pop("refresh_every", 1))
-    if impl == "pml" and name in ONLINE and name != "random":
-        return PMLMiner(name, distance, margin, **params)
+    """``get_miner("semihard", distance, margin)``; an unknown name lists the known ones."""
+    entry = MINERS.entry(name)
     if impl not in ("own", "pml"):
         raise ConfigError(f"unknown miner implementation {impl!r}; known: own, pml")
-    if name in ("all", "semihard", "hard"):
-        return TripletMarginMiner(name, distance, margin)
-    if name == "batch-hard":
-        return BatchHardMiner(distance, margin)
-    if name == "random":
-        return RandomMiner(distance, margin, generator)
-    if name == "distance-weighted":
-        return DistanceWeightedMiner(distance, margin, generator, **params)
-    return OfflineMiner(name.removeprefix("offline-"), distance, margin, refresh_every)
+    if impl == "pml" and not entry.target.offline and name != "random":  # PML has no random miner
+        from harness.mining.pml_miner import PMLMiner
+
+        miner: Miner = PMLMiner(name, distance, margin)
+    else:
+        extra = {"refresh_every": refresh_every} if entry.target.offline else {}
+        miner = entry.target(distance, margin, generator, **entry.options, **extra)
+    miner.name = name
+    return miner
 
 
-__all__ = ["MINERS", "OFFLINE", "ONLINE", "LossOut", "Miner", "Triplets", "get_miner"]
+__all__ = ["MINERS", "LossOut", "Miner", "Triplets", "get_miner", "offline_miners", "online_miners"]

@@ -1,49 +1,92 @@
-"""The miner interface shared by online (in-batch) and offline (whole training set) strategies.
+"""The base of every miner, online (in-batch) and offline (over the whole training split).
 
-An online miner offers two views of the same selection:
-- ``loss(embeddings, labels)``: the triplet margin loss over the mined triplets (mean over the
-  triplets with non-zero loss, as pytorch-metric-learning's TripletMarginLoss), plus the number of
-  active and of mined triplets, all as tensors: fixed-size work, O(B^2) memory, no host sync.
-  The trainer calls this.
-- ``__call__(embeddings, labels)``: the mined triplets as index tensors (data-dependent size, so it
-  syncs). Tests compare these sets with pytorch-metric-learning's miners.
+An online miner is one registered subclass (``@MINERS.register("name")``) that writes ``select``:
+for a batch's farness matrix, every candidate triplet as FIXED-SIZE index tensors with a validity
+mask. The base turns that one method into both views a miner offers, and runs the checks and the
+``no_grad`` once, as pytorch-metric-learning's ``BaseMiner`` does for its subclasses' ``mine``:
 
-Offline miners (``offline = True``) implement ``mine_epoch`` over the embeddings of the whole
-training split; the trainer feeds the mined triplets as batches.
+- ``loss(embeddings, labels)``: the triplet margin loss over the selected triplets (mean over the
+  triplets with non-zero loss, as PML's TripletMarginLoss), plus the number of active and of mined
+  triplets, all tensors: fixed-size work, O(B^2) memory, no host sync. The training step calls it.
+- ``__call__(embeddings, labels)``: the selected triplets as index tensors (data-dependent size, so
+  it syncs). Tests compare these sets with PML's miners.
+
+A miner that never enumerates its triplets inside the loss (the fused margin miners) writes
+``fused_loss`` and ``mine`` instead of ``select``. Offline miners (``offline = True``) write
+``mine_epoch`` over the embeddings of the whole training split; the trainer feeds the mined
+triplets as batches.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 LossOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loss, n_active, n_mined
+Selection = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # a, p, n, valid
 
 
 class Miner:
-    name: str = "miner"
-    offline: bool = False
-    refresh_every: int = 1
-    distance: BaseDistance
-    margin: float
+    offline: ClassVar[bool] = False
+    refresh_every: int = 1  # offline miners: re-mine every N epochs
+    name: str = "miner"  # the registry name it was built under (set by ``get_miner``)
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
-        raise NotImplementedError
+    def __init__(
+        self, distance: BaseDistance, margin: float, generator: torch.Generator | None = None
+    ) -> None:
+        self.distance, self.margin, self.generator = distance, margin, generator
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
-        """``u``: the uniforms a sampled miner would draw itself (``draw``), passed in by a compiled
-        step that keeps random draws outside its graph; other miners ignore it."""
-        raise NotImplementedError
+    # --- what subclasses write -------------------------------------------------------------------
+
+    def select(
+        self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None
+    ) -> Selection:
+        """Candidate (anchor, positive, negative) index tensors of a fixed size and their validity,
+        from detached ``embeddings`` and farness ``f``; ``u``: the uniforms ``draw`` made, if any."""
+        raise NotImplementedError(f"{type(self).__name__} writes select, or fused_loss and mine")
 
     def draw(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        """The random numbers one ``loss`` call consumes (None: it needs none)."""
+        """The random numbers one ``loss`` call consumes (None: it needs none). A compiled step
+        draws them outside its graph and passes them in as ``u``."""
         return None
 
     def mine_epoch(
         self, embeddings: torch.Tensor, labels: torch.Tensor, n_anchors: int, generator: torch.Generator
     ) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is an online miner")
+
+    # --- what the base derives -------------------------------------------------------------------
+
+    def fused_loss(
+        self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None
+    ) -> LossOut:
+        a, p, n, valid = self.select(embeddings.detach(), f.detach(), labels, u)
+        return indexed_loss(f, a, p, n, valid, self.margin)
+
+    def mine(self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor) -> Triplets:
+        a, p, n, valid = self.select(embeddings, f, labels, None)
+        return a[valid], p[valid], n[valid]
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
+        _check(embeddings, labels)
+        return self.fused_loss(embeddings, farness(self.distance, embeddings), labels, u)
+
+    @torch.no_grad()
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+        _check(embeddings, labels)
+        return self.mine(embeddings, farness(self.distance, embeddings), labels)
+
+
+def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    """Shapes only (host metadata: no sync, and nothing a compiled graph must trace)."""
+    if embeddings.dim() != 2 or labels.dim() != 1 or len(embeddings) != len(labels):
+        raise ValueError(
+            f"a miner takes [B, D] embeddings and [B] labels, got {tuple(embeddings.shape)} and"
+            f" {tuple(labels.shape)}"
+        )
 
 
 def masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

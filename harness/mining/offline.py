@@ -12,22 +12,31 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from harness.mining.base import Miner
+from harness.registry import MINERS
 
 STRATEGIES = ("hard", "semihard", "random")
 
 
+@MINERS.register("offline-hard", strategy="hard")
+@MINERS.register("offline-semihard", strategy="semihard")
+@MINERS.register("offline-random", strategy="random")
 class OfflineMiner(Miner):
     offline = True
 
     def __init__(
-        self, strategy: str, distance: BaseDistance, margin: float, refresh_every: int = 1, chunk: int = 1024
+        self,
+        distance: BaseDistance,
+        margin: float,
+        generator: torch.Generator | None = None,
+        *,
+        strategy: str,
+        refresh_every: int = 1,
+        chunk: int = 1024,
     ) -> None:
-        if strategy not in STRATEGIES:  # pragma: no cover - the registry checks names
+        super().__init__(distance, margin, generator)
+        if strategy not in STRATEGIES:  # pragma: no cover - the registry names only these
             raise ValueError(strategy)
-        self.name = f"offline-{strategy}"
         self.strategy = strategy
-        self.distance = distance
-        self.margin = margin
         self.refresh_every = refresh_every
         self.chunk = chunk
 

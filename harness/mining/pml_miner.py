@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from pytorch_metric_learning import miners
 from pytorch_metric_learning.distances import BaseDistance, LpDistance
@@ -10,27 +12,36 @@ from harness.losses.triplet import TripletLoss
 from harness.mining.base import LossOut, Miner, Triplets
 
 
-class PMLMiner(Miner):
-    """all / semihard / hard (TripletMarginMiner), batch-hard, distance-weighted."""
+def _unit_sphere() -> LpDistance:
+    # PML's distance-weighted miner samples by the density of unit-sphere Euclidean distances and
+    # requires that distance; it is monotone in cosine, so only the loss uses the trial's.
+    return LpDistance(normalize_embeddings=True, p=2, power=1)
 
-    def __init__(self, name: str, distance: BaseDistance, margin: float, **params: float) -> None:
+
+def _margin_miner(kind: str) -> Callable[[BaseDistance, float], miners.BaseMiner]:
+    return lambda d, m: miners.TripletMarginMiner(margin=m, type_of_triplets=kind, distance=d)
+
+
+# Our miner name -> PML's miner, built for a distance and margin.
+PML_MINERS: dict[str, Callable[[BaseDistance, float], miners.BaseMiner]] = {
+    "all": _margin_miner("all"),
+    "semihard": _margin_miner("semihard"),
+    "hard": _margin_miner("hard"),
+    "batch-hard": lambda d, m: miners.BatchHardMiner(distance=d),
+    "distance-weighted": lambda d, m: miners.DistanceWeightedMiner(
+        cutoff=0.5, nonzero_loss_cutoff=1.4, distance=_unit_sphere()
+    ),
+}
+
+
+class PMLMiner(Miner):
+    """PML's own miner and loss for one of our online miner names (see ``PML_MINERS``)."""
+
+    def __init__(self, name: str, distance: BaseDistance, margin: float) -> None:
+        super().__init__(distance, margin)
         self.name = name
-        self.distance, self.margin = distance, margin
         self.triplet_loss = TripletLoss(margin, distance)
-        if name in ("all", "semihard", "hard"):
-            self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=name, distance=distance)
-        elif name == "batch-hard":
-            self.miner = miners.BatchHardMiner(distance=distance)
-        elif name == "distance-weighted":
-            # PML's implementation samples by the density of unit-sphere Euclidean distances and
-            # requires that distance; it is monotone in cosine, so only the loss uses the trial's.
-            self.miner = miners.DistanceWeightedMiner(
-                cutoff=params.get("cutoff", 0.5),
-                nonzero_loss_cutoff=params.get("nonzero_loss_cutoff", 1.4),
-                distance=LpDistance(normalize_embeddings=True, p=2, power=1),
-            )
-        else:  # pragma: no cover - the registry only constructs known names
-            raise ValueError(name)
+        self.miner = PML_MINERS[name](distance, margin)
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
         a, p, n = self.miner(embeddings, labels)

@@ -19,17 +19,23 @@ from __future__ import annotations
 import torch
 from pytorch_metric_learning.distances import BaseDistance
 
-from harness.mining.base import LossOut, Miner, Triplets, farness, masks
+from harness.mining.base import LossOut, Miner, Triplets, masks
+from harness.registry import MINERS
 
 KINDS = ("all", "semihard", "hard")
 
 
+@MINERS.register("all", kind="all")
+@MINERS.register("semihard", kind="semihard")
+@MINERS.register("hard", kind="hard")
 class TripletMarginMiner(Miner):
-    def __init__(self, kind: str, distance: BaseDistance, margin: float) -> None:
-        if kind not in KINDS:  # pragma: no cover - the registry checks names
+    def __init__(
+        self, distance: BaseDistance, margin: float, generator: torch.Generator | None = None, *, kind: str
+    ) -> None:
+        super().__init__(distance, margin, generator)
+        if kind not in KINDS:  # pragma: no cover - the registry names only these
             raise ValueError(kind)
-        self.name = self.kind = kind
-        self.distance, self.margin = distance, margin
+        self.kind = kind
 
     def _bounds(self, s: torch.Tensor, f_ap: torch.Tensor, active: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Index range [lo, hi) of each (a, p)'s negatives in the sorted rows ``s``."""
@@ -48,8 +54,9 @@ class TripletMarginMiner(Miner):
         )
         return lo, torch.maximum(hi, lo)
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None = None) -> LossOut:
-        f = farness(self.distance, embeddings)
+    def fused_loss(
+        self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None
+    ) -> LossOut:
         pos, neg = masks(labels)
         inf = f.new_full((), float("inf"))  # no host-to-device copy: no sync
         s, order = torch.sort(torch.where(neg, f.detach(), inf), dim=1)
@@ -64,10 +71,8 @@ class TripletMarginMiner(Miner):
         mined = ((mined_hi - mined_lo) * pos).sum()
         return (total / active.clamp(min=1)).float(), active, mined
 
-    @torch.no_grad()
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+    def mine(self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor) -> Triplets:
         """Explicit triplets with PML's exact comparisons, chunked over anchors (tests, small B)."""
-        f = farness(self.distance, embeddings)
         pos, neg = masks(labels)
         out: list[torch.Tensor] = []
         for start in range(0, len(f), 64):

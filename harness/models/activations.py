@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,60 +102,80 @@ def build_activations(
     precision: str = "fp32",
 ) -> None:
     """One pass of the frozen bottom over the centre views and the augmented views, writing every
-    cut in ``stems`` (``.part`` files renamed when complete)."""
+    cut in ``stems`` (``.part`` files, their disk space reserved first, renamed when complete)."""
     bottom = bottom.to(device).eval()
     cuts = sorted(stems)
     probe = bottom(torch.zeros(1, 3, size, size, device=device), cuts)
-    n, m = len(images_u8), len(aug_idx)
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     parts: dict[int, tuple[Path, Path]] = {}
-    for k in cuts:
-        c, v = _paths(stems[k])
-        c.parent.mkdir(parents=True, exist_ok=True)
-        sweep_parts(c.parent)
-        pc, pv = part_path(c), part_path(v)
-        shape = tuple(probe[k].shape[1:])
-        out[k] = (
-            create_npy(pc, np.float16, (n, *shape)),
-            create_npy(pv, np.float16, (m, views, *shape)),
-        )
-        parts[k] = (pc, pv)
-    mean = torch.tensor(info.mean, device=device)
-    std = torch.tensor(info.std, device=device)
-    progress = Progress(f"{info.name} activations at cut(s) {cuts}", n + m * views, "images")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     try:
-        for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.array(images_u8[start : start + batch_size])).to(device)
+        out = _allocate(
+            stems, {k: tuple(probe[k].shape[1:]) for k in cuts}, len(images_u8), aug_idx, views, parts
+        )
+        mean = torch.tensor(info.mean, device=device)
+        std = torch.tensor(info.std, device=device)
+        progress = Progress(
+            f"{info.name} activations at cut(s) {cuts}", len(images_u8) + len(aug_idx) * views, "images"
+        )
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def run(x: torch.Tensor, crop: Callable[[torch.Tensor], torch.Tensor]) -> dict[int, np.ndarray]:
             with amp:
-                acts = bottom(center_crop(normalize(x, mean, std), size), cuts)
-            for k in cuts:
-                out[k][0][start : start + len(x)] = acts[k].float().cpu().numpy().astype(np.float16)
+                acts = bottom(crop(normalize(x.to(device), mean, std)), cuts)
             progress.update(len(x))
+            return {k: acts[k].float().cpu().numpy().astype(np.float16) for k in cuts}
+
+        for start in range(0, len(images_u8), batch_size):
+            batch = torch.from_numpy(np.array(images_u8[start : start + batch_size]))
+            for k, a in run(batch, lambda x: center_crop(x, size)).items():
+                out[k][0][start : start + len(a)] = a
         gen = torch.Generator(device=device)
         for view in range(views):
             gen.manual_seed(seed * 1000 + view)
-            for start in range(0, m, batch_size):
-                rows = aug_idx[start : start + batch_size]
-                x = torch.from_numpy(np.array(images_u8[rows])).to(device)
-                with amp:
-                    acts = bottom(random_resized_crop_flip(normalize(x, mean, std), size, gen), cuts)
-                for k in cuts:
-                    out[k][1][start : start + len(x), view] = acts[k].float().cpu().numpy().astype(np.float16)
-                progress.update(len(x))
-        for k in cuts:
-            for arr in out[k]:
-                arr.flush()  # type: ignore[attr-defined]
+            for start in range(0, len(aug_idx), batch_size):
+                batch = torch.from_numpy(np.array(images_u8[aug_idx[start : start + batch_size]]))
+                for k, a in run(batch, lambda x: random_resized_crop_flip(x, size, gen)).items():
+                    out[k][1][start : start + len(a), view] = a
+        for arrays in out.values():
+            for arr in arrays:
+                arr.flush()
         del out
-        for k in cuts:
-            centre_path, views_path = _paths(stems[k])
-            os.replace(parts[k][1], views_path)
-            os.replace(parts[k][0], centre_path)  # last: its presence marks the cut complete
+        _publish(stems, parts)
     except BaseException:
         for pc, pv in parts.values():
             pc.unlink(missing_ok=True)
             pv.unlink(missing_ok=True)
         raise
+
+
+def _allocate(
+    stems: dict[int, Path],
+    shapes: dict[int, tuple[int, ...]],
+    n: int,
+    aug_idx: np.ndarray,
+    views: int,
+    parts: dict[int, tuple[Path, Path]],
+) -> dict[int, tuple[np.memmap, np.memmap]]:
+    """Every cut's centre and views arrays as reserved ``.part`` files (recorded in ``parts`` as they
+    are made, so a full disk at the second leaves nothing of the first behind)."""
+    out = {}
+    for k, shape in shapes.items():
+        c, v = _paths(stems[k])
+        c.parent.mkdir(parents=True, exist_ok=True)
+        sweep_parts(c.parent)
+        pc, pv = part_path(c), part_path(v)
+        parts[k] = (pc, pv)
+        out[k] = (
+            create_npy(pc, np.float16, (n, *shape)),
+            create_npy(pv, np.float16, (len(aug_idx), views, *shape)),
+        )
+    return out
+
+
+def _publish(stems: dict[int, Path], parts: dict[int, tuple[Path, Path]]) -> None:
+    for k, (pc, pv) in parts.items():
+        centre_path, views_path = _paths(stems[k])
+        os.replace(pv, views_path)
+        os.replace(pc, centre_path)  # last: its presence marks the cut complete
 
 
 def load_activations(stem: Path, cut: int, n: int, views: int, aug_idx: np.ndarray) -> Activations | None:

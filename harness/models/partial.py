@@ -1,58 +1,72 @@
 """Cutting a timm backbone into a frozen bottom and a trainable top (``trunk: partial``).
 
-``train_blocks = k`` trains the backbone's last k stages and its neck (the layers between the last
-stage and the pooling: EfficientNet's ``conv_head`` + ``bn2``, ConvNeXt's final norm); everything
-below the cut is frozen, runs once per image and view, and is cached (``activations.py``).
+``train_blocks = k`` trains the backbone's last k stages and everything after them (its neck and
+pooling head: EfficientNet's ``conv_head`` + ``bn2``, ConvNeXt's final norms); everything below the
+cut is frozen, runs once per image and view, and is cached (``activations.py``).
 
-| family | stages | neck | train_blocks |
-|---|---|---|---|
-| EfficientNet (incl. Lite0) | ``blocks`` (7) | conv_head, bn2 | 0 .. 7 |
-| ResNet | layer1 .. layer4 | none | 1 .. 4 |
-| ConvNeXt | ``stages`` (4) | head.norm | 0 .. 4 |
+The stages come from timm's own description of the model, not from a list of families here:
+``feature_info`` names the modules whose outputs are the model's feature maps. When the last of
+them is ``blocks.6`` or ``stages.3``, the stages are the children of that container (EfficientNet
+and MobileNet: 7 ``blocks``; ConvNeXt: 4 ``stages``); when it is a top-level module (``layer4``,
+``s4``), the stages are the top-level modules of that name with another number (ResNet
+``layer1..4``, RegNet ``s1..4``). The stem is every top-level module registered before the stages.
+The top is the model itself with its stem and lower stages replaced by identities, so timm's own
+``forward_features`` and ``forward_head`` run the neck and the pooling. ``check_cuts`` proves the
+cut on the model: the bottom followed by the top must give the model's own output; a family whose
+``forward_features`` does more than run its children in order (a ViT adds position embeddings)
+fails that check, and can be described by one ``LAYOUTS`` entry.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from harness.errors import ConfigError
 
-FAMILIES = "EfficientNet (efficientnet_*, tf_efficientnet_*), ResNet (resnet*) and ConvNeXt (convnext_*)"
+
+@dataclass(frozen=True)
+class Layout:
+    """Names of top-level modules (``stem``), and of the stages in order (dotted for a container)."""
+
+    stem: tuple[str, ...]
+    stages: tuple[str, ...]
 
 
-def family(model: nn.Module) -> str:
+# Families timm's metadata does not describe well enough, by class name: one line each.
+LAYOUTS: dict[str, Layout] = {}
+
+
+def layout(model: nn.Module) -> Layout:
     name = type(model).__name__
-    if name in ("EfficientNet", "ResNet", "ConvNeXt"):
-        return name
-    raise ConfigError(f"trunk: partial supports {FAMILIES}; {name} has no stage structure known here")
-
-
-def stages(model: nn.Module) -> list[nn.Module]:
-    fam = family(model)
-    if fam == "EfficientNet":
-        return list(model.blocks)  # type: ignore[arg-type]
-    if fam == "ResNet":
-        return [model.layer1, model.layer2, model.layer3, model.layer4]  # type: ignore[list-item]
-    return list(model.stages)  # type: ignore[arg-type]
-
-
-def allowed_blocks(model: nn.Module) -> range:
-    """train_blocks values that leave something to train and something to cache."""
-    n = len(stages(model))
-    return range(1 if family(model) == "ResNet" else 0, n + 1)
-
-
-def check_train_blocks(model: nn.Module, values: list[int], backbone: str) -> None:
-    ok = allowed_blocks(model)
-    bad = [v for v in values if v not in ok]
-    if bad:
+    if name in LAYOUTS:
+        return LAYOUTS[name]
+    info = getattr(model, "feature_info", None)
+    modules = [str(f["module"]) for f in info] if isinstance(info, list) and info else []
+    if not modules:
         raise ConfigError(
-            f"search_space.train_blocks: {bad[0]} is outside {ok.start}..{ok.stop - 1}, the range for"
-            f" {backbone} ({len(stages(model))} stages; 0 trains only the layers after the last stage)"
+            f"trunk: partial: {name} has no timm feature_info naming its stages; add it to LAYOUTS"
         )
+    last = modules[-1]
+    children = [n for n, _ in model.named_children()]
+    container, _, index = last.rpartition(".")
+    if container and index.isdigit():
+        stages = tuple(f"{container}.{n}" for n, _ in model.get_submodule(container).named_children())
+        first = container
+    else:
+        pattern = re.compile(re.sub(r"\d+$", "", last) + r"\d+")
+        stages = tuple(n for n in children if pattern.fullmatch(n))
+        first = stages[0]
+    return Layout(stem=tuple(children[: children.index(first)]), stages=stages)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 class Bottom(nn.Module):
@@ -61,57 +75,82 @@ class Bottom(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.fam = family(model)
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if self.fam == "EfficientNet":
-            return m.bn1(m.conv_stem(x))  # type: ignore[operator]
-        if self.fam == "ResNet":
-            return m.maxpool(m.act1(m.bn1(m.conv1(x))))  # type: ignore[operator]
-        return m.stem(x)  # type: ignore[operator]
+        self.layout = layout(model)
 
     def forward(self, x: torch.Tensor, cuts: list[int]) -> dict[int, torch.Tensor]:
         """{train_blocks: activations before the last train_blocks stages} for each of ``cuts``."""
-        all_stages = stages(self.model)
-        n = len(all_stages)
+        for name in self.layout.stem:
+            x = self.model.get_submodule(name)(x)
+        n = len(self.layout.stages)
         need = {n - k for k in cuts}  # the number of stages run before each cut
         out: dict[int, torch.Tensor] = {}
-        h = self.stem(x)
         for i in range(n + 1):
             if i in need:
-                out[n - i] = h
+                out[n - i] = x
             if i == n or i >= max(need):
                 break
-            h = all_stages[i](h)
+            x = self.model.get_submodule(self.layout.stages[i])(x)
         return out
 
 
 class Top(nn.Module):
-    """The trainable part: cached activations -> the backbone's pooled features (num_features)."""
+    """The trainable part: cached activations -> the backbone's pooled features (num_features). A copy
+    of the model whose stem and first stages are identities; timm's forward does the rest."""
 
     def __init__(self, model: nn.Module, train_blocks: int) -> None:
         super().__init__()
-        m = copy.deepcopy(model)
-        fam = family(m)
-        all_stages = stages(m)
-        self.stages = nn.Sequential(*all_stages[len(all_stages) - train_blocks :])
-        if fam == "EfficientNet":
-            self.neck = nn.Sequential(m.conv_head, m.bn2)  # type: ignore[arg-type]
-        elif fam == "ConvNeXt":
-            self.neck = nn.Sequential(m.norm_pre)  # type: ignore[arg-type]
-        else:
-            self.neck = nn.Sequential()
-        self.pool: nn.Module = m.global_pool if fam != "ConvNeXt" else m.head.global_pool  # type: ignore[assignment,union-attr]
-        self.post: nn.Module = m.head.norm if fam == "ConvNeXt" else nn.Identity()  # type: ignore[assignment,union-attr]
+        lay = layout(model)
+        self.model = copy.deepcopy(model)
+        for name in (*lay.stem, *lay.stages[: len(lay.stages) - train_blocks]):
+            _set(self.model, name, nn.Identity())
         if not any(p.numel() for p in self.parameters()):
             raise ConfigError(
                 f"train_blocks {train_blocks} leaves nothing to train in {type(model).__name__}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.neck(self.stages(x)))
-        return self.post(h).flatten(1)
+        m = self.model
+        return m.forward_head(m.forward_features(x), pre_logits=True).flatten(1)  # type: ignore[operator]
+
+
+def allowed_blocks(model: nn.Module) -> range:
+    """train_blocks values that leave something to train and something to cache (0: only the layers
+    after the last stage train, where there are any)."""
+    n = len(layout(model).stages)
+    try:
+        Top(model, 0)
+    except ConfigError:
+        return range(1, n + 1)
+    return range(0, n + 1)
+
+
+def check_cuts(model: nn.Module, values: list[int], backbone: str, size: int = 64) -> None:
+    """Every value in range, and bottom-then-top equal to the model's own forward (eval mode)."""
+    ok = allowed_blocks(model)
+    bad = [v for v in values if v not in ok]
+    if bad:
+        raise ConfigError(
+            f"search_space.train_blocks: {bad[0]} is outside {ok.start}..{ok.stop - 1}, the range for"
+            f" {backbone} ({len(layout(model).stages)} stages; 0 trains only the layers after the last stage)"
+        )
+    was = model.training
+    model.eval()
+    cannot = (
+        f"trunk: partial cannot cut {backbone} ({type(model).__name__}): its forward is more than its"
+        " stem and stages in order; describe it in harness.models.partial.LAYOUTS"
+    )
+    try:
+        with torch.no_grad():
+            x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+            whole = model(x)
+            parts = Bottom(model)(x, values)
+            for k in values:
+                if not torch.allclose(Top(model, k).eval()(parts[k]), whole, rtol=1e-4, atol=1e-5):
+                    raise ConfigError(f"{cannot} (train_blocks {k} gives other features)")
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{cannot} ({type(e).__name__}: {e})") from None
+    finally:
+        model.train(was)
 
 
 def set_bn_frozen(module: nn.Module) -> None:

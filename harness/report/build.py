@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import platform
 import re
@@ -23,23 +22,10 @@ import optuna
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.params import TABLE, HyperParam, is_offline
 from harness.report import figures as F
 from harness.study.config import StudyConfig, config_warnings
-from harness.study.runner import load_study, study_uid, tracker_for
-
-PARAMS = (
-    "mining",
-    "distance",
-    "margin",
-    "batch_p",
-    "batch_k",
-    "lr",
-    "embedding_dim",
-    "refresh_every",
-    "train_blocks",
-    "trunk_lr",
-    "bn",
-)
+from harness.study.identity import load_study, read_manifest, study_uid, tracker_for
 
 
 @dataclass
@@ -69,7 +55,7 @@ def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
     df["best_val_r1"] = df["number"].map(best).astype(float)
     if "host_load" in df and "host_cpus" in df:
         df["contended"] = contended(df["host_load"], df["host_cpus"])
-    for k, v in cfg.fixed_params.items():  # values fixed in the search space are not Optuna params
+    for k, v in cfg.search_space.fixed.items():  # values fixed in the search space are not Optuna params
         if k not in df:
             df[k] = v
     if "batch_p" in df and "batch_k" in df:
@@ -91,7 +77,7 @@ def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
     if "curve" in df:
         for _, t in df[df["state"].isin(["COMPLETE", "PRUNED"])].iterrows():  # not a killed trial's stub
             if isinstance(t["curve"], list):
-                family = "offline" if str(t.get("mining", "")).startswith("offline-") else "online"
+                family = "offline" if is_offline(t.get("mining", "")) else "online"
                 for images, r1 in t["curve"]:
                     rows.append(
                         {
@@ -125,7 +111,7 @@ def load_data(cfg: StudyConfig) -> StudyData:
     study = load_study(cfg)
     df = trials_frame(study, cfg)
     uid = study_uid(study)
-    notes = [*config_warnings(cfg, _manifest(cfg))]
+    notes = [*config_warnings(cfg, read_manifest(cfg))]
     test = _this_incarnation(cfg.study_dir / "test.csv", uid, notes)
     comp = _this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
     if test is None or comp is None:
@@ -138,11 +124,6 @@ def load_data(cfg: StudyConfig) -> StudyData:
             " throughput chart"
         )
     return StudyData(cfg, study, df, curves_frame(df), test, comp, notes)
-
-
-def _manifest(cfg: StudyConfig) -> dict | None:
-    path = cfg.study_dir / "split_manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -161,9 +142,10 @@ def _with_ci(row: pd.Series, m: str) -> str:
     return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def test_table(test: pd.DataFrame) -> pd.DataFrame:
+def final_table(test: pd.DataFrame, trunk: str) -> pd.DataFrame:
     """R@1, MAP@R and R-precision with their intervals, R@2/4/8 and NMI as means (all in the CSV of
-    the evaluation); then the config, narrow enough for a 1200 px page."""
+    the evaluation); then the config's hyperparameters (the table's labelled rows that apply to the
+    trunk mode), narrow enough for a 1200 px page."""
     out = pd.DataFrame({"config": test["config"], "n": test["n_seeds"]})
     for m, name in (("recall@1", "R@1 [95 % CI]"), ("map@r", "MAP@R [95 % CI]"), ("r_precision", "R-Prec")):
         if f"test_{m}" in test:
@@ -175,24 +157,30 @@ def test_table(test: pd.DataFrame) -> pd.DataFrame:
             " / ".join(f"{r[f'test_recall@{k}']:.3f}" for k in (2, 4, 8)) for _, r in test.iterrows()
         ]
     out["val R@1"] = [_fmt(v) for v in test["val_recall@1"]]
-    for p, name in (("mining", "mining"), ("distance", "distance"), ("margin", "margin")):
-        if p in test:
-            out[name] = [_param(v) for v in test[p]]
-    if "batch_p" in test and "batch_k" in test:
-        out["P×K"] = [
-            "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
-            for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
-        ]
-    for p, name in (
-        ("lr", "lr"),
-        ("embedding_dim", "dim"),
-        ("train_blocks", "blocks"),
-        ("trunk_lr", "trunk lr"),
-    ):
-        if p in test and (p not in ("train_blocks", "trunk_lr") or test[p].fillna(0).astype(float).any()):
-            out[name] = [_param(v) for v in test[p]]
+    for p in report_params(trunk):
+        if p.name == "batch_p" and "batch_k" in test:
+            out[p.label] = [
+                "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
+                for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
+            ]
+        elif p.name in test:
+            out[p.label] = [_cell(p, v) for v in test[p.name]]
     out["epochs"] = test["epochs"]
     return out
+
+
+def report_params(trunk: str) -> list[HyperParam]:
+    """The hyperparameters the report shows as columns: the labelled rows of the table that apply."""
+    return [p for p in TABLE.values() if p.label and p.applies(trunk)]
+
+
+def _cell(p: HyperParam, v: object) -> str:
+    """A parameter's value in the row's format (``-`` for none)."""
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    if p.fmt and isinstance(v, float) and v != 0:
+        return p.format(v)
+    return _param(v)
 
 
 def _param(v: object) -> str:
@@ -266,7 +254,7 @@ def trials_table(df: pd.DataFrame) -> pd.DataFrame:
         "best_val_r1",
         "epochs_run",
         "best_epoch",
-        *PARAMS,
+        *(p.name for p in TABLE.values() if p.name in df),
         "batch",
         "train_img_per_s",
         "host_load",
@@ -277,10 +265,9 @@ def trials_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
-    path = cfg.study_dir / "split_manifest.json"
-    if not path.is_file():
+    m = read_manifest(cfg)
+    if m is None:
         return None
-    m = json.loads(path.read_text())
     rows = [
         {
             "split": k,
@@ -477,13 +464,18 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
     for note in d.notes:
         page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')
     page.p(_headline(d))
-    df, curves = d.trials, d.curves
-    done = df[df["state"] == "COMPLETE"]
-    scored = df[df["value"].notna()]
+    _final_results(page, d, prefix)
+    page.h(3 if multi else 2, "Search")
+    _search_figures(page, d, prefix)
+    _search_tables(page, d, prefix)
+
+
+def _final_results(page: Page, d: StudyData, prefix: str) -> None:
+    """The test-class evaluation: the final configs with intervals, and the paired comparisons."""
     if d.test is not None:
         page.table(
             f"{prefix}test",
-            test_table(d.test),
+            final_table(d.test, d.cfg.trunk),
             "Final configs re-trained on all train classes and scored on the test classes: the top "
             "validation configs and the fixed references (default recipe at the reference margin, one "
             "per mining strategy). Mean [95 % interval]: a t-interval over the n seeds; for the "
@@ -494,7 +486,7 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
             f"{prefix}test_r1_ci",
             "Test Recall@1 with 95 % intervals",
             "Final configs; grey dotted line: the no-training baseline.",
-            F.test_with_ci(d.test),
+            F.final_recall(d.test),
         )
     if d.comparisons is not None:
         page.table(
@@ -502,7 +494,13 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
             comparisons_table(d.comparisons),
             "The best config minus each reference and minus the baseline.",
         )
-    page.h(3 if multi else 2, "Search")
+
+
+def _search_figures(page: Page, d: StudyData, prefix: str) -> None:
+    """What the search found, over all its trials (validation classes only)."""
+    df, curves = d.trials, d.curves
+    done = df[df["state"] == "COMPLETE"]
+    scored = df[df["value"].notna()]
     page.figure(
         f"{prefix}r1_by_mining_distance",
         "Validation R@1 by mining × distance",
@@ -551,7 +549,11 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
         "reached by each family at each compute budget.",
         F.compute_curves(curves),
     )
-    eq, budget = equal_compute_table(curves)
+
+
+def _search_tables(page: Page, d: StudyData, prefix: str) -> None:
+    df, cfg = d.trials, d.cfg
+    eq, budget = equal_compute_table(d.curves)
     if not eq.empty:
         page.table(
             f"{prefix}equal_compute",

@@ -1,11 +1,20 @@
-"""Study configs: YAML validated against schema.json, then checked against the registries."""
+"""Study configs: YAML validated once, in one place, into a typed, frozen ``StudyConfig``.
+
+``parse_config`` checks a config completely before anything heavy is imported or written: the JSON
+schema (``schema.json``, the user-facing contract; its ``search_space`` part and its trunk names
+come from ``harness.params`` and the trunk registry), then every value against the hyperparameter
+table and the registries, then the cross-field rules. Everything after it receives a config that
+is valid; what can only be checked against the data or the model (a subset's class count, a
+backbone's stages) is checked where those are loaded.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,79 +22,298 @@ from typing import Any
 import jsonschema
 import yaml
 
+from harness.data.splits import carve_out
 from harness.errors import ConfigError, unknown_name
-from harness.names import DATASETS, DISTANCES, MINERS, TRAIN_CLASSES, carve_out
+from harness.params import TABLE, TRUNK_MODES, Number
+from harness.registry import DATASETS
 
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "data_root": None,
-    "download": False,
-    "strict_counts": True,  # false only for subsets and generated fixtures
-    "image_size": 128,
-    "cache_size": None,
-    "backbone": "efficientnet_lite0",
-    "pretrained": True,
-    "checkpoint": None,
-    "trunk": "frozen",
-    # trunk: partial: augmented views cached per training image (each epoch draws one), and their seed
-    "partial": {"views": 4, "seed": 0},
+# --- the sections ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int | None = 20
+    timeout: float | None = None  # seconds, per worker
+
+
+@dataclass(frozen=True)
+class FaultTolerance:
+    """Dead workers: heartbeat every interval s, stale after grace_period s, re-queued max_retry times;
+    checkpoints: each trial saves its state every epoch under results/<study>/trials/<number>/."""
+
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    max_retry: int = 3
+    checkpoints: bool = True
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 8
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    name: str = "median"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 2
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """The final evaluation: top_n configs + references (reference_margin x each mining), each with
+    ``seeds`` seeds from ``seed``; 95 % intervals (bootstrap resamples when there is one seed)."""
+
+    top_n: int = 3
+    seed: int = 0
+    seeds: int = 3
+    references: bool = True
+    reference_margin: float = 0.2
+    bootstrap: int = 2000
+    jobs: int = 1  # Snakemake jobs the evaluation runs are spread over
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """trunk: partial: augmented views cached per training image (each epoch draws one), their seed."""
+
+    views: int = 4
+    seed: int = 0
+
+
+# --- the search space ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any
+
+    def values(self) -> list:
+        return [self.value]
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def values(self) -> list:
+        """Its endpoints (what a check of every value needs)."""
+        return [self.low, self.high]
+
+    def grid(self) -> list[int]:
+        """Every integer it reaches (an integer range)."""
+        return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+
+
+@dataclass(frozen=True)
+class Choices:
+    options: tuple
+
+    def values(self) -> list:
+        return list(self.options)
+
+
+Spec = Fixed | Range | Choices
+
+
+def to_spec(raw: Any) -> Spec:
+    if isinstance(raw, dict) and "choices" in raw:
+        return Choices(tuple(raw["choices"]))
+    if isinstance(raw, dict):
+        return Range(raw["low"], raw["high"], bool(raw.get("log", False)), raw.get("step"))
+    return Fixed(raw)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the sampler may vary, per hyperparameter of the table (``harness.params``); a parameter the
+    space leaves out takes the table's default (its neutral value where the trunk does not use it)."""
+
+    specs: Mapping[str, Spec]
+    trunk: str
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def spec(self, name: str) -> Spec:
+        if name in self.specs:
+            return self.specs[name]
+        p = TABLE[name]
+        return Fixed(p.default if p.applies(self.trunk) else p.off)
+
+    def values(self, name: str) -> list:
+        """The values ``name`` can take (a range's endpoints)."""
+        return self.spec(name).values()
+
+    def integers(self, name: str) -> list[int]:
+        """Every value an integer parameter can take, sorted."""
+        s = self.spec(name)
+        return s.grid() if isinstance(s, Range) else sorted({int(v) for v in s.values()})
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """Entries given as a single value: not searched, but every trial uses them."""
+        return {k: s.value for k, s in self.specs.items() if isinstance(s, Fixed)}
+
+    def searched(self) -> list[str]:
+        """The parameters the sampler varies (a range, or more than one choice)."""
+        return [
+            k
+            for k, s in self.specs.items()
+            if (isinstance(s, Range) and s.high > s.low) or (isinstance(s, Choices) and len(s.options) > 1)
+        ]
+
+
+# --- the config ------------------------------------------------------------------------------------
+
+MANIFEST = "split_manifest.json"  # a study's split manifest, in its folder (and as an MLflow artifact)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    dataset: str
+    description: str = ""
+    data_root: str | None = None
+    download: bool = False
+    strict_counts: bool = True  # false only for subsets and generated fixtures
+    image_size: int = 128
+    cache_size: int | None = None
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    checkpoint: str | None = None
+    trunk: str = "frozen"
+    partial: Partial = field(default_factory=Partial)
     # the training step (harness.training.step): false = eager, true = one compiled graph + fused
-    # AdamW, graphs = that plus CUDA graphs; auto = compiled only where measured faster (none yet)
-    "compile": "auto",
-    "epochs": 8,
-    "val_fraction": 0.2,
-    "seed": 0,
-    "device": "auto",
-    "workers": 1,
-    "workers_per_gpu": 1,  # worker processes per worker job, sharing its device (small trials)
-    "storage": None,
-    "mlflow_uri": None,
-    "results_dir": "results",
-    "budget": {"n_trials": 20, "timeout": None},
-    # dead workers: heartbeat every interval s, stale after grace_period s, re-queued max_retry times;
-    # checkpoints: each trial saves its state every epoch under results/<study>/trials/<number>/
-    "fault_tolerance": {"heartbeat_interval": 60, "grace_period": 180, "max_retry": 3, "checkpoints": True},
-    "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 8},
-    "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
-    # final evaluation: top_n configs + references (reference_margin x each mining), each with `seeds`
-    # seeds from `seed`; 95 % intervals (bootstrap resamples when there is one seed)
-    "evaluate": {
-        "top_n": 3,
-        "seed": 0,
-        "seeds": 3,
-        "references": True,
-        "reference_margin": 0.2,
-        "bootstrap": 2000,
-        "jobs": 1,  # Snakemake jobs the evaluation runs are spread over (one process: no start-up cost)
-    },
-    "search_space": {},
+    # AdamW, graphs = that plus CUDA graphs; auto = compiled only where measured faster
+    compile: bool | str = "auto"
+    epochs: int = 8
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 1
+    workers_per_gpu: int = 1  # worker processes per worker job, sharing its device (small trials)
+    storage: str | None = None
+    mlflow_uri: str | None = None
+    results_dir: str = "results"
+    budget: Budget = field(default_factory=Budget)
+    fault_tolerance: FaultTolerance = field(default_factory=FaultTolerance)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    search_space: SearchSpace = field(default_factory=lambda: SearchSpace({}, "frozen"))
+    raw: dict = field(repr=False, default_factory=dict)  # with defaults filled in: hashed, stored
+    user: dict = field(repr=False, default_factory=dict)  # as the user wrote it
+    source: str = ""  # the file it was read from, for messages that name the command to run
+
+    @property
+    def command_path(self) -> str:
+        """How to name this config in a command the user is told to run."""
+        return self.source if self.source.endswith((".yaml", ".yml")) else "STUDY.yaml"
+
+    @property
+    def results(self) -> Path:
+        return Path(self.results_dir)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.results / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        """The split manifest: which classes each split holds (written by prepare, read by all)."""
+        return self.study_dir / MANIFEST
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.results / "cache"
+
+    @property
+    def storage_url(self) -> str:
+        """An SQLAlchemy URL, or ``journal:PATH`` for the default journal file."""
+        return self.storage or f"journal:{self.study_dir / 'optuna.journal'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{(self.results / 'mlflow.db').resolve()}"
+
+    @property
+    def cache_px(self) -> int:
+        return int(self.cache_size or self.image_size)
+
+    def space_hash(self) -> str:
+        """Identifies what the trials of a stored study mean; a mismatch must not be mixed in.
+        (Keys a study's trunk does not use stay out, so adding one never changes older studies.)"""
+        body = json.dumps({k: self.raw[k] for k in protocol_keys(self.raw)}, sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.raw)
+
+
+SECTIONS = {
+    "partial": Partial,
+    "budget": Budget,
+    "fault_tolerance": FaultTolerance,
+    "sampler": SamplerConfig,
+    "pruner": PrunerConfig,
+    "evaluate": Evaluate,
 }
-
-# Values a trial uses for a parameter the search space leaves out.
-PARAM_DEFAULTS: dict[str, Any] = {
-    "margin": 0.2,
-    "batch_p": 16,
-    "batch_k": 4,
-    "distance": "cosine",
-    "mining": "semihard",
-    "lr": 1e-4,
-    "embedding_dim": 128,
-    "weight_decay": 1e-4,
-    "refresh_every": 1,
-    # trunk: partial only
-    "train_blocks": 1,
-    "trunk_lr": 1e-5,
-    "bn": "frozen",
-}
-PARTIAL_PARAMS = ("train_blocks", "trunk_lr", "bn")
-BN_MODES = ("frozen", "train")
-
-# Where to look when data_root is not set: the shared read-only copies, by dataset.
-SHARED_COPIES = {"cub": "../shared/data/cub200-128"}
+REQUIRED = ("name", "dataset")
+BOOKKEEPING = ("raw", "user", "source")
 
 
-def _schema() -> dict:
-    return json.loads(resources.files("harness.study").joinpath("schema.json").read_text())
+def _defaults() -> dict[str, Any]:
+    """Every optional key's default, as the YAML would write it (the frozen config holds them all)."""
+    out: dict[str, Any] = {}
+    for f in fields(StudyConfig):
+        if f.name in REQUIRED or f.name in BOOKKEEPING:
+            continue
+        if f.name in SECTIONS:
+            out[f.name] = asdict(SECTIONS[f.name]())
+        elif f.name == "search_space":
+            out[f.name] = {}
+        else:
+            out[f.name] = f.default
+    return out
+
+
+DEFAULTS: dict[str, Any] = _defaults()
+
+
+def build(raw: dict, user: dict, source: str) -> StudyConfig:
+    """The typed config of a validated ``raw`` dict (defaults filled in)."""
+    kw: dict[str, Any] = {k: v for k, v in raw.items() if k not in SECTIONS and k != "search_space"}
+    kw |= {k: cls(**raw[k]) for k, cls in SECTIONS.items()}
+    space = {k: to_spec(v) for k, v in raw["search_space"].items()}
+    kw["search_space"] = SearchSpace(space, raw["trunk"])
+    return StudyConfig(**kw, raw=raw, user=user, source=source)
+
+
+# --- schema ----------------------------------------------------------------------------------------
+
+
+def schema() -> dict:
+    """``schema.json``, with the search space's keys from the hyperparameter table and the trunk
+    modes from ``harness.params``: the one list of each."""
+    s = json.loads(resources.files("harness.study").joinpath("schema.json").read_text())
+    s["properties"]["search_space"]["properties"] = {
+        p.name: {"$ref": f"#/definitions/{p.domain.schema_ref}"} for p in TABLE.values()
+    }
+    s["properties"]["trunk"] = {"enum": list(TRUNK_MODES)}
+    return s
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -143,7 +371,8 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-# What the trials of a study depend on: a stored study refuses a config that changes any of them.
+# --- what a stored study depends on ----------------------------------------------------------------
+
 PROTOCOL_KEYS = (
     "dataset",
     "backbone",
@@ -184,82 +413,30 @@ def _show(v: Any) -> str:
     )
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    name: str
-    dataset: str
-    raw: dict = field(repr=False)  # with defaults filled in
-    user: dict = field(repr=False, default_factory=dict)  # as the user wrote it
-    source: str = ""  # the file it was read from, for messages that name the command to run
-
-    @property
-    def command_path(self) -> str:
-        """How to name this config in a command the user is told to run."""
-        return self.source if self.source.endswith((".yaml", ".yml")) else "STUDY.yaml"
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.__dict__["raw"][key]
-        except KeyError as e:
-            raise AttributeError(key) from e
-
-    @property
-    def results(self) -> Path:
-        return Path(self.raw["results_dir"])
-
-    @property
-    def study_dir(self) -> Path:
-        return self.results / self.name
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.results / "cache"
-
-    @property
-    def storage_url(self) -> str:
-        """An SQLAlchemy URL, or ``journal:PATH`` for the default journal file."""
-        return self.raw["storage"] or f"journal:{self.study_dir / 'optuna.journal'}"
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.raw["mlflow_uri"] or f"sqlite:///{(self.results / 'mlflow.db').resolve()}"
-
-    @property
-    def cache_px(self) -> int:
-        return int(self.raw["cache_size"] or self.raw["image_size"])
-
-    @property
-    def fixed_params(self) -> dict[str, Any]:
-        """Search-space entries given as a single value: not searched, but every trial uses them."""
-        return {k: v for k, v in self.raw["search_space"].items() if not isinstance(v, dict)}
-
-    def space_hash(self) -> str:
-        """Identifies what the trials of a stored study mean; a mismatch must not be mixed in.
-        (Keys a study's trunk does not use stay out, so adding one never changes older studies.)"""
-        body = json.dumps({k: self.raw[k] for k in protocol_keys(self.raw)}, sort_keys=True, default=str)
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        return copy.deepcopy(self.raw)
+# --- validation: once, here ------------------------------------------------------------------------
 
 
-def param_values(spec: Any) -> list:
-    """The values a search-space entry can take (a range's endpoints)."""
-    if isinstance(spec, dict):
-        return list(spec["choices"]) if "choices" in spec else [spec["low"], spec["high"]]
-    return [spec]
-
-
-def parse_config(data: dict, source: str = "config") -> StudyConfig:
+def parse_config(data: Any, source: str = "config") -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a study config must be a mapping of keys to values")
     data = {k: v for k, v in data.items() if k != "studies"}  # Snakemake's default list, see Snakefile
     try:
-        jsonschema.validate(data, _schema())
+        jsonschema.validate(data, schema())
     except jsonschema.ValidationError as e:
         best = jsonschema.exceptions.best_match([e]) or e
         raise ConfigError(_schema_message(best, source)) from None
     raw = _merge(DEFAULTS, data)
+    _check_sections(raw, source)
+    cfg = build(raw, copy.deepcopy(data), source)
+    _check_space(cfg, source)
+    if cfg.strict_counts:  # a subset: checked against the classes present when its data is loaded
+        widest = max(cfg.search_space.values("batch_p"))
+        n_train = len(DATASETS.get(cfg.dataset).train_classes)
+        check_carve_out(n_train, cfg.val_fraction, int(widest), source)
+    return cfg
+
+
+def _check_sections(raw: dict, source: str) -> None:
     if raw["budget"]["n_trials"] is None and raw["budget"]["timeout"] is None:
         raise ConfigError(f"{source}: budget: set n_trials, timeout (seconds), or both")
     ft = raw["fault_tolerance"]
@@ -268,172 +445,76 @@ def parse_config(data: dict, source: str = "config") -> StudyConfig:
             f"{source}: fault_tolerance: grace_period {ft['grace_period']} must exceed heartbeat_interval"
             f" {ft['heartbeat_interval']} (Optuna suggests 2-3x), or live trials are failed as stale"
         )
-    if raw["dataset"] not in DATASETS:
-        raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], DATASETS)}")
+    if raw["dataset"] not in DATASETS.names():
+        raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], DATASETS.names())}")
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
         raise ConfigError(
             f"{source}: cache_size {raw['cache_size']} < image_size {raw['image_size']}; the cache must"
             " hold the crop: raise cache_size or leave it null"
         )
-    space = raw["search_space"]
-    for key, known, kind in (("mining", MINERS, "miner"), ("distance", DISTANCES, "distance")):
-        for v in param_values(space.get(key, PARAM_DEFAULTS[key])):
-            if v not in known:
-                raise ConfigError(
-                    f"{source}: search_space.{key}: unknown {kind} {v!r}; known {kind}s: {', '.join(known)}"
-                )
-    _check_space(space, source)
-    _check_partial(raw, source)
     if float(raw["evaluate"]["reference_margin"]) <= 0:
         raise ConfigError(
             f"{source}: evaluate.reference_margin: {raw['evaluate']['reference_margin']} is not > 0;"
             " a triplet margin must be positive"
         )
-    _check_carve_out(raw, source)
-    return StudyConfig(raw["name"], raw["dataset"], raw, copy.deepcopy(data), source)
 
 
-# Every value a parameter may take, beyond what the schema's types say. A value outside these makes
-# the trial crash (Optuna refuses a log range from 0) or train nothing (a margin <= 0), so it is
-# refused here, before anything is written.
-POSITIVE = {
-    "margin": "a triplet margin must be positive (at 0 every correctly ordered triplet is loss-free)",
-    "lr": "a learning rate must be positive",
-    "trunk_lr": "a learning rate must be positive",
-}
-NON_NEGATIVE = {"weight_decay": "weight decay cannot be negative"}
+def _check_space(cfg: StudyConfig, source: str) -> None:
+    """Every value of every hyperparameter against its row of the table (names first, as a typo in
+    a name is the likeliest mistake), for the trunk mode of the study."""
+    space, trunk = cfg.search_space, cfg.trunk
+    rows = sorted(TABLE.values(), key=lambda p: not isinstance(p.domain, Number))  # names first
+    for p in rows:
+        where = f"{source}: search_space.{p.name}"
+        if not p.applies(trunk):
+            if p.name in space:
+                only = " / ".join(p.trunks)
+                raise ConfigError(f"{where} applies only to trunk: {only} (trunk is {trunk})")
+            continue
+        spec = space.spec(p.name)
+        if isinstance(spec, Range):
+            _check_range(spec, where)
+        for v in spec.values():
+            problem = p.domain.problem(v)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+            if trunk in p.disallow and v == p.disallow[trunk][0]:
+                raise ConfigError(f"{where}: {p.disallow[trunk][1]}")
 
 
-def _check_space(space: dict, source: str) -> None:
-    for key, spec in space.items():
-        where = f"{source}: search_space.{key}"
-        if isinstance(spec, dict) and "low" in spec:
-            if spec["low"] > spec["high"]:
-                raise ConfigError(f"{where}: low {spec['low']} > high {spec['high']}")
-            if spec.get("log") and spec["low"] <= 0:
-                raise ConfigError(
-                    f"{where}: a log range needs low > 0, got low {spec['low']}; use a small positive"
-                    " low (e.g. 1.0e-6) or drop log: true"
-                )
-            if spec.get("log") and spec.get("step") not in (None, 1):
-                raise ConfigError(
-                    f"{where}: step and log cannot be combined (Optuna samples a log range without a"
-                    " step); drop one of them"
-                )
-        for v in param_values(spec):
-            if key in POSITIVE and not v > 0:
-                raise ConfigError(f"{where}: {v} is not > 0; {POSITIVE[key]}")
-            if key in NON_NEGATIVE and not v >= 0:
-                raise ConfigError(f"{where}: {v} is not >= 0; {NON_NEGATIVE[key]}")
-    for key in ("batch_p", "batch_k"):
-        lowest = min(param_values(space.get(key, PARAM_DEFAULTS[key])))
-        if lowest < 2:
-            raise ConfigError(f"{source}: search_space.{key}: values must be >= 2 for triplets, got {lowest}")
-
-
-# Backbone name patterns with a stage structure models.partial can cut, and their stage counts
-# (the trunk, once built, is checked again by its class).
-PARTIAL_FAMILIES = (
-    (("efficientnet_", "tf_efficientnet_"), 7, 0, "EfficientNet"),
-    (("test_efficientnet",), 5, 0, "EfficientNet"),
-    (("resnet", "test_resnet"), 4, 1, "ResNet"),
-    (("convnext", "test_convnext"), 4, 0, "ConvNeXt"),
-)
-
-
-def _check_partial(raw: dict, source: str) -> None:
-    space = raw["search_space"]
-    if raw["trunk"] == "frozen" and 0 in param_values(
-        space.get("embedding_dim", PARAM_DEFAULTS["embedding_dim"])
-    ):
+def _check_range(spec: Range, where: str) -> None:
+    if spec.low > spec.high:
+        raise ConfigError(f"{where}: low {spec.low} > high {spec.high}")
+    if spec.log and spec.low <= 0:
         raise ConfigError(
-            f"{source}: search_space.embedding_dim: 0 (no projection) leaves nothing to train with trunk:"
-            " frozen; use a dimension >= 1, or trunk: partial / finetune"
+            f"{where}: a log range needs low > 0, got low {spec.low}; use a small positive"
+            " low (e.g. 1.0e-6) or drop log: true"
         )
-    if raw["trunk"] != "partial":
-        extra = [k for k in PARTIAL_PARAMS if k in space]
-        if extra:
-            raise ConfigError(
-                f"{source}: search_space.{extra[0]} applies only to trunk: partial (trunk is {raw['trunk']})"
-            )
-        return
-    for v in param_values(space.get("bn", PARAM_DEFAULTS["bn"])):
-        if v not in BN_MODES:
-            raise ConfigError(f"{source}: search_space.bn: unknown value {v!r}; known: {', '.join(BN_MODES)}")
-    name = raw["backbone"]
-    match = [f for f in PARTIAL_FAMILIES if name.startswith(f[0])]
-    if not match:
-        families = "; ".join(
-            f"{fam} ({', '.join(p + '*' for p in pre)})" for pre, _, _, fam in PARTIAL_FAMILIES
-        )
+    if spec.log and spec.step not in (None, 1):
         raise ConfigError(
-            f"{source}: trunk: partial needs a backbone with stages it can cut; {name!r} is not one of:"
-            f" {families}"
+            f"{where}: step and log cannot be combined (Optuna samples a log range without a"
+            " step); drop one of them"
         )
-    _, n, low, fam = match[0]
-    for v in param_values(space.get("train_blocks", PARAM_DEFAULTS["train_blocks"])):
-        if not low <= int(v) <= n:
-            raise ConfigError(
-                f"{source}: search_space.train_blocks: {v} is outside {low}..{n}, the range for {name}"
-                f" ({fam}, {n} stages; 0 trains only the layers after the last stage)"
-            )
 
 
 def check_carve_out(n_train_classes: int, val_fraction: float, widest_p: int, where: str) -> None:
     """The classes left after the validation carve-out must fill the widest batch (P classes)."""
     n_fit, n_val = carve_out(n_train_classes, val_fraction)
-    if n_fit < max(2, widest_p):
-        most = (n_train_classes - max(2, widest_p)) / n_train_classes
-        raise ConfigError(
-            f"{where}: val_fraction {val_fraction} makes {n_val} of the {n_train_classes} training classes"
-            f" validation classes, leaving {n_fit} to train on, but search_space.batch_p reaches"
-            f" {widest_p}; lower val_fraction (at most {max(most, 0):.2f}) or batch_p"
-        )
-
-
-def _check_carve_out(raw: dict, source: str) -> None:
-    if not raw["strict_counts"]:  # a subset: checked against the classes present when data is loaded
+    if n_fit >= max(2, widest_p):
         return
-    widest = max(param_values(raw["search_space"].get("batch_p", PARAM_DEFAULTS["batch_p"])))
-    check_carve_out(TRAIN_CLASSES[raw["dataset"]], float(raw["val_fraction"]), int(widest), source)
-
-
-def searched(cfg: StudyConfig) -> list[str]:
-    """The parameters the sampler varies (a range, or more than one choice)."""
-    return [
-        k
-        for k, spec in cfg.search_space.items()
-        if isinstance(spec, dict)
-        and ("low" in spec and spec["high"] > spec["low"] or len(spec.get("choices", [])) > 1)
-    ]
-
-
-def evaluation_seeds(cfg: StudyConfig) -> list[int]:
-    first = int(cfg.evaluate["seed"])
-    return [first + i for i in range(int(cfg.evaluate["seeds"]))]
-
-
-def evaluation_units(cfg: StudyConfig) -> list[str]:
-    """Every run of a study's final evaluation, from its config alone: ``baseline``, then per seed
-    ``top{rank}-s{seed}`` and ``ref-{mining}-s{seed}``. A rank beyond the distinct complete trials
-    is skipped when the evaluation runs."""
-    keys = ["baseline"]
-    minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
-    for seed in evaluation_seeds(cfg):
-        keys += [f"top{r}-s{seed}" for r in range(1, int(cfg.evaluate["top_n"]) + 1)]
-        if cfg.evaluate["references"]:
-            keys += [f"ref-{m}-s{seed}" for m in minings]
-    return keys
-
-
-def evaluation_shard(cfg: StudyConfig, shard: int) -> list[str]:
-    """The runs of shard ``shard`` (0-based) of ``evaluate.jobs``: round robin over the runs."""
-    jobs = int(cfg.evaluate["jobs"])
-    if not 0 <= shard < jobs:
+    most_p = carve_out(n_train_classes, 1e-9)[0]  # the fewest validation classes there can be (2)
+    if most_p < widest_p:  # no val_fraction can help: only a smaller batch_p
         raise ConfigError(
-            f"evaluation shard {shard} does not exist; evaluate.jobs is {jobs} (shards 0-{jobs - 1})"
+            f"{where}: search_space.batch_p reaches {widest_p}, but the dataset has {n_train_classes}"
+            f" training classes and at least 2 become validation classes, leaving at most {most_p};"
+            f" lower batch_p to at most {most_p}"
         )
-    return evaluation_units(cfg)[shard::jobs]
+    most = (n_train_classes - max(2, widest_p)) / n_train_classes
+    raise ConfigError(
+        f"{where}: val_fraction {val_fraction} makes {n_val} of the {n_train_classes} training classes"
+        f" validation classes, leaving {n_fit} to train on, but search_space.batch_p reaches"
+        f" {widest_p}; lower val_fraction (at most {most:.2f}) or batch_p"
+    )
 
 
 def config_warnings(cfg: StudyConfig, manifest: dict | None = None) -> list[str]:
@@ -441,15 +522,15 @@ def config_warnings(cfg: StudyConfig, manifest: dict | None = None) -> list[str]
     With the split manifest, also those that depend on the data (images per class)."""
     out = []
     if manifest and "min_images_per_class" in manifest:
-        k = max(param_values(cfg.search_space.get("batch_k", PARAM_DEFAULTS["batch_k"])))
+        k = max(cfg.search_space.values("batch_k"))
         fewest = int(manifest["min_images_per_class"]["train"])
         if k > fewest:
             out.append(
                 f"batch_k reaches {k}, but some training class has only {fewest} images: its batches repeat"
                 " images (sampled with replacement), which adds zero-distance positive pairs"
             )
-    n = cfg.budget["n_trials"]
-    if not searched(cfg) and (n is None or n > 1):
+    n = cfg.budget.n_trials
+    if not cfg.search_space.searched() and (n is None or n > 1):
         out.append(
             f"search_space varies nothing: every trial runs the same config (only the seed differs), so"
             f" {n or 'all'} trials measure seed variance, and evaluate keeps one copy of the config"

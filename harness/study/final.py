@@ -42,32 +42,23 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.data.splits import check_manifest
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.evaluation.stats import Interval, bootstrap_interval, paired_bootstrap, paired_t, t_interval
-from harness.models.features import embed_images
+from harness.params import TrialParams, defaults
 from harness.progress import Progress, duration
-from harness.study.config import (
-    PARAM_DEFAULTS,
-    PARTIAL_PARAMS,
-    StudyConfig,
-    evaluation_seeds,
-    evaluation_shard,
-    evaluation_units,
-    param_values,
-)
+from harness.study.config import StudyConfig
 from harness.study.data import (
     Prepared,
-    TrunkPool,
+    Resident,
     build_model,
     compile_mode,
     final_sources,
-    partial_cuts,
     prepare,
     resolve_device,
 )
-from harness.study.runner import check_writable, load_study, study_uid, tracker_for
-from harness.training import TrialParams, evaluate_source, train
+from harness.study.identity import check_writable, load_study, study_uid, tracker_for
+from harness.training import Source, evaluate_source, train
 
 log = logging.getLogger(__name__)
 BASELINE = "baseline (no triplet training)"
@@ -102,54 +93,48 @@ class Unit:
         }
 
 
-def baseline_embeddings(prep: Prepared, device: torch.device) -> torch.Tensor:
-    """The pretrained trunk's own features on the test classes: the bar to beat."""
-    idx = prep.split.test
-    if prep.features is not None:
-        return torch.from_numpy(prep.features[idx].copy())
-    if prep.activations is not None:  # the pretrained top on the cached centre views: the same features
-        from harness.models.partial import Top
+def evaluation_units(cfg: StudyConfig) -> list[str]:
+    """Every run of a study's final evaluation, from its config alone: ``baseline``, then per seed
+    ``top{rank}-s{seed}`` and ``ref-{mining}-s{seed}``. A rank beyond the distinct complete trials
+    is skipped when the evaluation runs."""
+    keys = ["baseline"]
+    minings = cfg.search_space.values("mining")
+    for seed in cfg.evaluate.seed_list:
+        keys += [f"top{r}-s{seed}" for r in range(1, cfg.evaluate.top_n + 1)]
+        if cfg.evaluate.references:
+            keys += [f"ref-{m}-s{seed}" for m in minings]
+    return keys
 
-        cut = min(prep.activations)
-        top = Top(TrunkPool(prep.cfg, device).get(), cut).to(device).eval()
-        centre = prep.activations[cut].centre
-        with torch.inference_mode():
-            parts = [
-                top(torch.from_numpy(np.asarray(centre[idx[i : i + 256]], dtype=np.float32)).to(device)).cpu()
-                for i in range(0, len(idx), 256)
-            ]
-        return torch.cat(parts)
-    from harness.models import create_trunk
 
-    cfg = prep.cfg
-    trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
-    feats, _ = embed_images(trunk.to(device), prep.images_u8[idx], info, prep.cfg.image_size, device)
-    return feats
+def evaluation_shard(cfg: StudyConfig, shard: int) -> list[str]:
+    """The runs of shard ``shard`` (0-based) of ``evaluate.jobs``: round robin over the runs."""
+    jobs = cfg.evaluate.jobs
+    if not 0 <= shard < jobs:
+        raise ConfigError(
+            f"evaluation shard {shard} does not exist; evaluate.jobs is {jobs} (shards 0-{jobs - 1})"
+        )
+    return evaluation_units(cfg)[shard::jobs]
 
 
 def trial_params(trial: FrozenTrial, cfg: StudyConfig) -> TrialParams:
     """Everything the trial trained with: searched values AND values fixed in the search space."""
     if "trial_params" in trial.user_attrs:
         return TrialParams(**trial.user_attrs["trial_params"])
-    fixed = cfg.fixed_params
-    return TrialParams(**{k: trial.params.get(k, fixed.get(k, v)) for k, v in defaults(cfg).items()})
-
-
-def defaults(cfg: StudyConfig) -> dict:
-    """The values of parameters the search space leaves out (the trainable trunk's only for partial)."""
-    return {k: v for k, v in PARAM_DEFAULTS.items() if cfg.trunk == "partial" or k not in PARTIAL_PARAMS}
+    fixed = cfg.search_space.fixed
+    return TrialParams(**{k: trial.params.get(k, fixed.get(k, v)) for k, v in defaults(cfg.trunk).items()})
 
 
 def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     """The default recipe (values fixed in the search space kept) at the reference margin, once per
     mining strategy the study searched: fixed before any result is seen."""
-    base = defaults(cfg) | cfg.fixed_params | {"margin": float(cfg.evaluate["reference_margin"])}
-    if cfg.trunk == "partial" and "train_blocks" not in cfg.fixed_params:
+    space = cfg.search_space
+    base = defaults(cfg.trunk) | space.fixed | {"margin": cfg.evaluate.reference_margin}
+    if cfg.trunk == "partial" and "train_blocks" not in space.fixed:
         # the default cut (1) where the space reaches it, else the searched cut nearest to it: only
         # the searched cuts are cached
-        base["train_blocks"] = min(partial_cuts(cfg), key=lambda c: (abs(c - base["train_blocks"]), c))
-    minings = param_values(cfg.search_space.get("mining", PARAM_DEFAULTS["mining"]))
-    return [TrialParams(**(base | {"mining": m})) for m in minings]
+        cuts = space.integers("train_blocks")
+        base["train_blocks"] = min(cuts, key=lambda c: (abs(c - base["train_blocks"]), c))
+    return [TrialParams(**(base | {"mining": m})) for m in space.values("mining")]
 
 
 def top_trials(cfg: StudyConfig, study: optuna.Study) -> list[FrozenTrial]:
@@ -165,14 +150,14 @@ def top_trials(cfg: StudyConfig, study: optuna.Study) -> list[FrozenTrial]:
             continue
         seen.add(config)
         top.append(t)
-        if len(top) == int(cfg.evaluate["top_n"]):
+        if len(top) == cfg.evaluate.top_n:
             break
-    if len(top) < int(cfg.evaluate["top_n"]):
+    if len(top) < cfg.evaluate.top_n:
         log.warning(
             "study %s: only %d distinct complete configs for evaluate.top_n = %d",
             cfg.name,
             len(top),
-            cfg.evaluate["top_n"],
+            cfg.evaluate.top_n,
         )
     return top
 
@@ -185,7 +170,7 @@ def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
     """The units in the order of the tables: baseline, top configs by rank, references."""
     units = [Unit("baseline", BASELINE, "baseline", 0, -1, math.nan, None, 0, -1)]
     top = top_trials(cfg, study)
-    refs = reference_params(cfg) if cfg.evaluate["references"] else []
+    refs = reference_params(cfg) if cfg.evaluate.references else []
     for rank, t in enumerate(top, start=1):
         p, epochs = trial_params(t, cfg), _epochs(t, cfg)
         units += [
@@ -200,13 +185,13 @@ def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
                 epochs,
                 s,
             )
-            for s in evaluation_seeds(cfg)
+            for s in cfg.evaluate.seed_list
         ]
     for p in refs:
         label = f"reference {p.mining} m={p.margin:g}"
         units += [
             Unit(f"ref-{p.mining}-s{s}", label, "reference", 0, -1, math.nan, p, int(cfg.epochs), s)
-            for s in evaluation_seeds(cfg)
+            for s in cfg.evaluate.seed_list
         ]
     return units
 
@@ -222,20 +207,15 @@ class Evaluator:
         self.device = resolve_device(cfg.device)
         self.prep = prepare(cfg, self.device, write=False)
         self.split = _check_protocol(cfg, self.prep, self.study)
-        self._sources: dict = {}
+        # all train classes and the test classes, of one cut at a time (trunk: partial)
+        self.sources: Resident[int | None, tuple[Source, Source]] = Resident(
+            lambda cut: final_sources(self.prep, self.device, cfg.evaluate.seed, cut)
+        )
         self.tracker = tracker_for(cfg)
         self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
-        self.pool = TrunkPool(cfg, self.device)
+        self.pool = self.prep.mode.pool(self.device)
         self.mode = compile_mode(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
-
-    def sources_for(self, p: TrialParams) -> tuple:
-        """All train classes and the test classes (for trunk: partial, at the config's cut)."""
-        cut = p.train_blocks if self.cfg.trunk == "partial" else None
-        if cut not in self._sources:
-            self._sources.clear()  # one cut resident at a time (a deep cut's views can fill a GPU)
-            self._sources[cut] = final_sources(self.prep, self.device, int(self.cfg.evaluate["seed"]), cut)
-        return self._sources[cut]
 
     def path(self, unit: Unit) -> Path:
         """One file per run, named by what it ran (not by its rank, which changes as trials come in)."""
@@ -259,9 +239,7 @@ class Evaluator:
 
     def run(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]]:
         """Train (or, for the baseline, embed) and score on the test classes; store the result."""
-        cfg, device = self.cfg, self.device
         q: dict[str, np.ndarray] = {}
-        t0 = time.perf_counter()
         row: dict[str, Any] = {
             "config": unit.label,
             "kind": unit.kind,
@@ -269,48 +247,9 @@ class Evaluator:
             "trial": unit.trial,
         }
         if unit.params is None:
-            m = retrieval_metrics(
-                baseline_embeddings(self.prep, device),
-                self.prep.images.labels[self.prep.split.test],
-                distance="cosine",
-                nmi=True,
-                per_query=q,
-            )
-            row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0}
-            params = {"backbone": cfg.backbone, "distance": "cosine"}
-            name, tags = "test-baseline", {"harness.kind_of_config": "baseline"}
+            params, name, tags = self._baseline(row, q)
         else:
-            p = unit.params
-            log.info(
-                "%s (%s), seed %d: %d epochs on all train classes", unit.label, p, unit.seed, unit.epochs
-            )
-            torch.manual_seed(unit.seed)
-            trainval_src, test_src = self.sources_for(p)
-            trainval_src.reseed(unit.seed)
-            model = build_model(self.prep, p, device, self.pool)
-            history = train(
-                model, p, trainval_src, unit.epochs, device, seed=unit.seed, compile_mode=self.mode
-            )
-            train_s = time.perf_counter() - t0
-            m = evaluate_source(model, test_src, p.distance, device, nmi=True, per_query=q)
-            row |= {
-                "seed": unit.seed,
-                "val_recall@1": unit.val_r1,
-                "epochs": unit.epochs,
-                **asdict(p),
-                "train_s": train_s,
-                "train_img_per_s": history[-1]["train_img_per_s"],
-                "images_processed": history[-1]["images_processed"],
-            }
-            params = asdict(p) | {"epochs": unit.epochs, "seed": unit.seed}
-            name = f"test-{unit.label.replace(' ', '-')}-seed{unit.seed}"
-            tags = {
-                "harness.rank": str(unit.rank),
-                "harness.kind_of_config": unit.kind,
-                "harness.config": unit.label,
-                "harness.seed": str(unit.seed),
-            }
-        row |= {f"test_{k}": v for k, v in m.items()}
+            params, name, tags = self._train_and_score(unit, unit.params, row, q)
         run = self.tracker.trial_run(
             self.parent, unit.trial, params, phase="test", name=name, extra_tags=tags
         )
@@ -320,6 +259,50 @@ class Evaluator:
         self.tracker.end(run, "COMPLETE")
         self._store(unit, row, q)
         return row, q
+
+    def _baseline(self, row: dict, q: dict) -> tuple[dict, str, dict[str, str]]:
+        """The backbone without triplet training: its own features, cosine kNN (the bar to beat)."""
+        t0 = time.perf_counter()
+        prep, test = self.prep, self.prep.split.test
+        emb = prep.mode.baseline(prep, test, self.device)
+        m = retrieval_metrics(emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q)
+        row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0}
+        row |= {f"test_{k}": v for k, v in m.items()}
+        params = {"backbone": self.cfg.backbone, "distance": "cosine"}
+        return params, "test-baseline", {"harness.kind_of_config": "baseline"}
+
+    def _train_and_score(
+        self, unit: Unit, p: TrialParams, row: dict, q: dict
+    ) -> tuple[dict, str, dict[str, str]]:
+        t0 = time.perf_counter()
+        log.info("%s (%s), seed %d: %d epochs on all train classes", unit.label, p, unit.seed, unit.epochs)
+        torch.manual_seed(unit.seed)
+        trainval_src, test_src = self.sources.get(self.prep.mode.cut(p))
+        trainval_src.reseed(unit.seed)
+        model = build_model(self.prep, p, self.device, self.pool)
+        history = train(
+            model, p, trainval_src, unit.epochs, self.device, seed=unit.seed, compile_mode=self.mode
+        )
+        train_s = time.perf_counter() - t0
+        m = evaluate_source(model, test_src, p.distance, self.device, nmi=True, per_query=q)
+        row |= {
+            "seed": unit.seed,
+            "val_recall@1": unit.val_r1,
+            "epochs": unit.epochs,
+            **asdict(p),
+            "train_s": train_s,
+            "train_img_per_s": history[-1]["train_img_per_s"],
+            "images_processed": history[-1]["images_processed"],
+        }
+        row |= {f"test_{k}": v for k, v in m.items()}
+        params = asdict(p) | {"epochs": unit.epochs, "seed": unit.seed}
+        tags = {
+            "harness.rank": str(unit.rank),
+            "harness.kind_of_config": unit.kind,
+            "harness.config": unit.label,
+            "harness.seed": str(unit.seed),
+        }
+        return params, f"test-{unit.label.replace(' ', '-')}-seed{unit.seed}", tags
 
     def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
         """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""
@@ -344,7 +327,7 @@ def _json_default(v: Any) -> Any:
 
 def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> str:
     """The split and the dataset copy must be those the search ran on; returns the split hash."""
-    path = cfg.study_dir / "split_manifest.json"
+    path = cfg.manifest_path
     fix = f"harness data prepare --config {cfg.command_path}"
     if not path.is_file():
         raise HarnessError(f"{path} is missing; rewrite it with '{fix}' (the config the study ran with)")
@@ -421,7 +404,7 @@ def _summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], c
         if len(runs) >= 2 or m not in PER_QUERY:
             ci = t_interval(values)
         else:
-            ci = bootstrap_interval(queries[0][m], n_boot=int(cfg.evaluate["bootstrap"]), seed=0)
+            ci = bootstrap_interval(queries[0][m], n_boot=cfg.evaluate.bootstrap, seed=0)
         row[f"test_{m}"] = ci.mean
         row[f"test_{m}_low"] = ci.low
         row[f"test_{m}_high"] = ci.high
@@ -430,7 +413,7 @@ def _summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], c
 
 def _compare(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConfig) -> list[dict]:
     out = []
-    n_boot = int(cfg.evaluate["bootstrap"])
+    n_boot = cfg.evaluate.bootstrap
     for m in COMPARED:
         a = [r[f"test_{m}"] for r in by_seed[best]]
         b = [r[f"test_{m}"] for r in by_seed[other]]

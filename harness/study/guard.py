@@ -63,7 +63,7 @@ def refuse_changed(cfg: StudyConfig, manifest: dict | None = None) -> None:
         raise changed_error(cfg, study)
     if manifest is None:
         return
-    path = cfg.study_dir / "split_manifest.json"
+    path = cfg.manifest_path
     split = study.user_attrs.get("split_hash")
     if split and manifest["hash"] != split:
         raise ConfigError(

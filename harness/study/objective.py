@@ -8,48 +8,48 @@ import math
 import os
 import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
+from harness.params import TABLE, HyperParam, TrialParams
 from harness.progress import duration
-from harness.study.config import PARAM_DEFAULTS, PARTIAL_PARAMS, StudyConfig
-from harness.study.data import Prepared, TrunkPool, build_model, compile_mode, hpo_sources
+from harness.study.config import MANIFEST, Choices, Fixed, Range, SearchSpace, Spec, StudyConfig
+from harness.study.data import Prepared, Resident, build_model, compile_mode, hpo_sources
+from harness.study.optuna_api import FAILED_TRIAL, RETRY_HISTORY, system_attrs, trial_id
 from harness.study.storage import OWNER_ATTR, owner_record
 from harness.tracking import Tracker
-from harness.training import Source, TrainingDiverged, TrialParams, train
+from harness.training import Source, TrainingDiverged, train
 from harness.training.checkpoint import TrialCheckpoint
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("harness.progress")
 
-INT_PARAMS = {"batch_p", "batch_k", "embedding_dim", "refresh_every", "train_blocks"}
-ORDER = ("margin", "batch_p", "batch_k", "distance", "mining", "lr", "embedding_dim", "weight_decay")
+
+def _suggest(trial: optuna.Trial, p: HyperParam, spec: Spec) -> Any:
+    if isinstance(spec, Choices):
+        return trial.suggest_categorical(p.name, list(spec.options))
+    if isinstance(spec, Range):
+        if p.domain.integer:
+            step = int(spec.step or 1)
+            return trial.suggest_int(p.name, int(spec.low), int(spec.high), step=step, log=spec.log)
+        return trial.suggest_float(p.name, spec.low, spec.high, step=spec.step, log=spec.log)
+    assert isinstance(spec, Fixed)
+    return spec.value  # fixed value: not searched, but recorded with the trial
 
 
-def _suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
-    if isinstance(spec, dict) and "choices" in spec:
-        return trial.suggest_categorical(key, spec["choices"])
-    if isinstance(spec, dict):
-        log_ = bool(spec.get("log", False))
-        if key in INT_PARAMS:
-            return trial.suggest_int(
-                key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=log_
-            )
-        return trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"), log=log_)
-    return spec  # fixed value: not searched, but recorded with the trial
-
-
-def suggest_params(trial: optuna.Trial, space: dict[str, Any], partial: bool = False) -> TrialParams:
-    """Suggest names equal the config keys; a miner's own knobs exist only when it is chosen, and
-    the trainable trunk's (train_blocks, trunk_lr, bn) only with ``trunk: partial``."""
-    values = {k: _suggest(trial, k, space.get(k, PARAM_DEFAULTS[k])) for k in ORDER}
-    if str(values["mining"]).startswith("offline-"):
-        values["refresh_every"] = _suggest(trial, "refresh_every", space.get("refresh_every", 1))
-    if partial:
-        values |= {k: _suggest(trial, k, space.get(k, PARAM_DEFAULTS[k])) for k in PARTIAL_PARAMS}
+def suggest_params(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
+    """Suggest names equal the table's, asked in its order; a parameter exists only where it is
+    active (a miner's own knobs when it is chosen, the trainable trunk's with ``trunk: partial``)."""
+    values: dict[str, Any] = {}
+    for p in TABLE.values():
+        if p.active(space.trunk, values):
+            values[p.name] = _suggest(trial, p, space.spec(p.name))
+        else:
+            values[p.name] = p.default if p.applies(space.trunk) else p.off
     return TrialParams(**values)
 
 
@@ -66,28 +66,20 @@ class Objective:
         self.cfg, self.prep, self.device = cfg, prep, device
         self.tracker, self.parent_run = tracker, parent_run
         self.uid = uid  # the study incarnation: checkpoints and events of another are never mixed in
-        self.sources: dict[int | None, tuple[Source, Source]] = {}  # per cut (trunk: partial)
-        self.train_src, self.val_src = self.sources_for(None)
-        self.pool = TrunkPool(cfg, device)  # the worker's one trunk for all trials
+        # the train and validation sources of one cut at a time (trunk: partial: a deep cut's
+        # activations with their views can fill a GPU)
+        self.sources: Resident[int | None, tuple[Source, Source]] = Resident(
+            lambda cut: hpo_sources(self.prep, self.device, cut)
+        )
+        self.sources.get(prep.mode.cut(None))
+        self.pool = prep.mode.pool(device)  # the worker's one trunk for all trials
         self.mode = compile_mode(cfg, device)  # the training step: eager, compiled or CUDA graphs
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
-
-    def sources_for(self, cut: int | None) -> tuple[Source, Source]:
-        """The train and validation sources (for trunk: partial, those of the trial's cut: one cut
-        resident at a time, as a deep cut's activations with their views can fill a GPU)."""
-        if self.prep.activations is not None and cut is None:
-            cut = min(self.prep.activations)
-        if cut not in self.sources:
-            self.sources.clear()
-            self.train_src = self.val_src = None  # type: ignore[assignment]  # freed before the next cut loads
-            self.sources[cut] = hpo_sources(self.prep, self.device, cut)
-        self.train_src, self.val_src = self.sources[cut]
-        return self.sources[cut]
 
     def trial_dir(self, number: int) -> Path:
         return self.cfg.study_dir / "trials" / str(number)
 
-    def _event(self, number: int, event: str, **extra: Any) -> None:
+    def event(self, number: int, event: str, **extra: Any) -> None:
         """One line per start / resume / end in trials/<number>/events.jsonl: who ran what, when."""
         line = {
             "event": event,
@@ -103,139 +95,165 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
-        stored = isinstance(trial, optuna.Trial)  # FixedTrial (re-running a config by hand) has no storage
-        system = trial.storage.get_trial_system_attrs(trial._trial_id) if stored else {}
-        if stored:
-            trial.set_user_attr(OWNER_ATTR, owner_record(trial._trial_id))
-        params = suggest_params(trial, self.cfg.search_space, partial=self.cfg.trunk == "partial")
-        trial.set_user_attr("trial_params", vars(params))  # fixed values too: evaluate re-trains with these
-        retry_history = list(system.get("retry_history", []))
+        return TrialRun(self, trial).run()
+
+
+class TrialRun:
+    """One trial: its params and seed, its checkpoint (or an ancestor's to resume), its MLflow run,
+    the epochs it reports; every exit path ends its records."""
+
+    def __init__(self, objective: Objective, trial: optuna.Trial) -> None:
+        self.o, self.trial, cfg = objective, trial, objective.cfg
+        self.stored = isinstance(trial, optuna.Trial)  # FixedTrial (re-running a config by hand): no storage
+        system = system_attrs(trial) if self.stored else {}
+        if self.stored:
+            trial.set_user_attr(OWNER_ATTR, owner_record(trial_id(trial)))
+        self.params = suggest_params(trial, cfg.search_space)
+        trial.set_user_attr("trial_params", asdict(self.params))  # fixed values too: evaluate re-trains these
+        self.history_of_retries = list(system.get(RETRY_HISTORY, []))
         # a retry continues its original's random streams: reproducible from (params, seed) alone
-        seed = self.cfg.seed + int(system.get("failed_trial", trial.number))
-        trial.set_user_attr("seed", seed)
-        ckpt_on = bool(self.cfg.fault_tolerance["checkpoints"])
-        checkpoint = TrialCheckpoint(self.trial_dir(trial.number) / "checkpoint.pt", self.uid)
+        self.seed = cfg.seed + int(system.get(FAILED_TRIAL, trial.number))
+        trial.set_user_attr("seed", self.seed)
+        self.checkpoints = cfg.fault_tolerance.checkpoints
+        self.checkpoint = TrialCheckpoint(objective.trial_dir(trial.number) / "checkpoint.pt", objective.uid)
         # newest first: a retry that died before its first epoch left no checkpoint of its own
-        ancestors = [
-            TrialCheckpoint(self.trial_dir(n) / "checkpoint.pt", self.uid) for n in reversed(retry_history)
+        self.ancestors = [
+            (n, TrialCheckpoint(objective.trial_dir(n) / "checkpoint.pt", objective.uid))
+            for n in reversed(self.history_of_retries)
         ]
-        resume, source_trial = None, None
-        for number, ckpt in zip(reversed(retry_history), ancestors, strict=True):
-            resume = ckpt.load() if ckpt_on else None
-            if resume is not None:
-                source_trial = number
-                break
-        run = None
-        if self.tracker is not None and self.parent_run is not None:
-            link = {}
-            if retry_history:
-                link = {"harness.retry_of": str(retry_history[-1])}
-                if "mlflow_run_id" in trial.user_attrs:  # inherited from the trial it retries
-                    link["harness.retry_of_run"] = str(trial.user_attrs["mlflow_run_id"])
-            run = self.tracker.trial_run(
-                self.parent_run,
-                trial.number,
-                vars(params) | {"epochs": self.cfg.epochs, "seed": seed},
-                extra_tags=link,
-            )
-            trial.set_user_attr("mlflow_run_id", run)
-            self.tracker.log_json(run, self.prep.split.manifest, "split_manifest.json")
-            self.tracker.log_json(run, self.cfg.to_dict(), "study_config.json")
-        best = {"value": -math.inf, "epoch": 0}
-        history: list[dict[str, float]] = []
-        epochs = self.cfg.epochs
-        clock = {"start": time.perf_counter(), "first": 0}  # ETA from the epochs this process ran
+        self.resume, self.resumed_from = self._resume_point()
+        self.run_id = self._open_run()
+        self.best = {"value": -math.inf, "epoch": 0}
+        self.history: list[dict[str, float]] = []
+        self.clock = {"start": time.perf_counter(), "first": 0}  # ETA from the epochs this process ran
 
-        def on_epoch(epoch: int, stats: dict[str, float]) -> None:
-            history.append(stats)
-            ran = epoch - clock["first"]
-            left = (time.perf_counter() - clock["start"]) / max(ran, 1) * (epochs - epoch)
-            progress_log.info(
-                "trial %d: epoch %d/%d, val R@1 %.4f, %s img/s; ETA %s",
-                trial.number,
-                epoch,
-                epochs,
-                stats["val_recall@1"],
-                f"{stats['train_img_per_s']:,.0f}",
-                duration(left),
-            )
-            if run is not None:
-                self.tracker.log_metrics(run, stats, step=epoch)  # type: ignore[union-attr]
-            r1 = stats["val_recall@1"]
-            if r1 > best["value"]:
-                best.update(value=r1, epoch=epoch)
-            trial.report(r1, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val R@1 {r1:.4f}")
+    def _resume_point(self) -> tuple[dict | None, int | None]:
+        """The newest checkpoint of the retry chain this trial continues, if any."""
+        if not self.checkpoints:
+            return None, None
+        for number, ckpt in self.ancestors:
+            state = ckpt.load()
+            if state is not None:
+                return state, number
+        return None, None
 
-        if resume is not None:
-            done = int(resume["epoch"])
-            log.info("trial %d resumes trial %d after epoch %d", trial.number, source_trial, done)
-            trial.set_user_attr("resumed_from", {"trial": source_trial, "epoch": done})
-            self._event(trial.number, "resume", from_trial=source_trial, after_epoch=done)
+    def _open_run(self) -> str | None:
+        o, trial = self.o, self.trial
+        if o.tracker is None or o.parent_run is None:
+            return None
+        link = {}
+        if self.history_of_retries:
+            link = {"harness.retry_of": str(self.history_of_retries[-1])}
+            if "mlflow_run_id" in trial.user_attrs:  # inherited from the trial it retries
+                link["harness.retry_of_run"] = str(trial.user_attrs["mlflow_run_id"])
+        params = asdict(self.params) | {"epochs": o.cfg.epochs, "seed": self.seed}
+        run = o.tracker.trial_run(o.parent_run, trial.number, params, extra_tags=link)
+        trial.set_user_attr("mlflow_run_id", run)
+        o.tracker.log_json(run, o.prep.split.manifest, MANIFEST)
+        o.tracker.log_json(run, o.cfg.to_dict(), "study_config.json")
+        return run
+
+    def on_epoch(self, epoch: int, stats: dict[str, float]) -> None:
+        """Log, report to the pruner, and prune: called after each epoch (and for resumed ones)."""
+        trial, epochs = self.trial, self.o.cfg.epochs
+        self.history.append(stats)
+        ran = epoch - self.clock["first"]
+        left = (time.perf_counter() - self.clock["start"]) / max(ran, 1) * (epochs - epoch)
+        progress_log.info(
+            "trial %d: epoch %d/%d, val R@1 %.4f, %s img/s; ETA %s",
+            trial.number,
+            epoch,
+            epochs,
+            stats["val_recall@1"],
+            f"{stats['train_img_per_s']:,.0f}",
+            duration(left),
+        )
+        if self.run_id is not None and self.o.tracker is not None:
+            self.o.tracker.log_metrics(self.run_id, stats, step=epoch)
+        r1 = stats["val_recall@1"]
+        if r1 > self.best["value"]:
+            self.best.update(value=r1, epoch=epoch)
+        trial.report(r1, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} with val R@1 {r1:.4f}")
+
+    def _announce(self) -> None:
+        trial, o = self.trial, self.o
+        if self.resume is not None:
+            done = int(self.resume["epoch"])
+            log.info("trial %d resumes trial %d after epoch %d", trial.number, self.resumed_from, done)
+            trial.set_user_attr("resumed_from", {"trial": self.resumed_from, "epoch": done})
+            o.event(trial.number, "resume", from_trial=self.resumed_from, after_epoch=done)
         else:
-            if stored and "resumed_from" in trial.user_attrs:  # inherited from the trial it retries
+            if self.stored and "resumed_from" in trial.user_attrs:  # inherited from the trial it retries
                 trial.set_user_attr("resumed_from", None)
-            self._event(trial.number, "start", retry_of=retry_history[-1] if retry_history else None)
+            retry_of = self.history_of_retries[-1] if self.history_of_retries else None
+            o.event(trial.number, "start", retry_of=retry_of)
 
+    def _train(self) -> None:
+        o, p = self.o, self.params
+        torch.manual_seed(self.seed)
+        train_src, val_src = o.sources.get(o.prep.mode.cut(p))
+        train_src.reseed(self.seed)
+        model = build_model(o.prep, p, o.device, o.pool)
+        if self.resume is not None:
+            for h in self.resume["history"]:  # the pruner and MLflow see the epochs done before the kill
+                self.on_epoch(int(h["epoch"]), h)
+            self.clock.update(start=time.perf_counter(), first=int(self.resume["epoch"]))
+        train(
+            model,
+            p,
+            train_src,
+            o.cfg.epochs,
+            o.device,
+            seed=self.seed,
+            val_src=val_src,
+            on_epoch=self.on_epoch,
+            resume=self.resume,
+            on_checkpoint=self.checkpoint.save if self.checkpoints else None,
+            compile_mode=o.mode,
+        )
+
+    def run(self) -> float:
+        self._announce()
         state = "FAIL"
         try:
-            torch.manual_seed(seed)
-            train_src, val_src = self.sources_for(
-                params.train_blocks if self.cfg.trunk == "partial" else None
-            )
-            train_src.reseed(seed)
-            model = build_model(self.prep, params, self.device, self.pool)
-            if resume is not None:
-                for h in resume["history"]:  # the pruner and MLflow see the epochs done before the kill
-                    on_epoch(int(h["epoch"]), h)
-                clock.update(start=time.perf_counter(), first=int(resume["epoch"]))
-            train(
-                model,
-                params,
-                train_src,
-                self.cfg.epochs,
-                self.device,
-                seed=seed,
-                val_src=val_src,
-                on_epoch=on_epoch,
-                resume=resume,
-                on_checkpoint=checkpoint.save if ckpt_on else None,
-                compile_mode=self.mode,
-            )
+            self._train()
             state = "COMPLETE"
         except optuna.TrialPruned:
             state = "PRUNED"
             raise
         except TrainingDiverged as e:
-            log.warning("trial %d failed: %s", trial.number, e)
-            trial.set_user_attr("fail_reason", str(e))
+            log.warning("trial %d failed: %s", self.trial.number, e)
+            self.trial.set_user_attr("fail_reason", str(e))
             state = "DIVERGED"
             return math.nan  # Optuna records FAIL and the study goes on
         finally:
-            # Every exit path ends the trial's records; on a full disk these writes may fail too,
-            # and must not hide the error that ended the trial (the next sweep closes what is left).
-            final = "FAIL" if state == "DIVERGED" else state
-            try:
-                if state != "FAIL":  # finished for good: its checkpoints are no longer needed
-                    checkpoint.remove()
-                    for ckpt in ancestors:
-                        ckpt.remove()
-                self._event(trial.number, "end", state=final)
-            except OSError as e:
-                log.warning("trial %d: could not write its end event (%s)", trial.number, e)
-            try:
-                self._summarise(trial, history, best, run, final)
-            except Exception as e:
-                log.warning("trial %d: could not end its records or MLflow run (%s)", trial.number, e)
-        return best["value"]
+            self._end(state)
+        return self.best["value"]
 
-    def _summarise(
-        self, trial: optuna.Trial, history: list[dict[str, float]], best: dict, run: str | None, state: str
-    ) -> None:
+    def _end(self, state: str) -> None:
+        """Every exit path ends the trial's records; on a full disk these writes may fail too, and
+        must not hide the error that ended the trial (the next sweep closes what is left)."""
+        final = "FAIL" if state == "DIVERGED" else state
+        try:
+            if state != "FAIL":  # finished for good: its checkpoints are no longer needed
+                self.checkpoint.remove()
+                for _, ckpt in self.ancestors:
+                    ckpt.remove()
+            self.o.event(self.trial.number, "end", state=final)
+        except OSError as e:
+            log.warning("trial %d: could not write its end event (%s)", self.trial.number, e)
+        try:
+            self._summarise(final)
+        except Exception as e:
+            log.warning("trial %d: could not end its records or MLflow run (%s)", self.trial.number, e)
+
+    def _summarise(self, state: str) -> None:
+        history, trial, tracker = self.history, self.trial, self.o.tracker
         if history:
             summary = {
-                "best_epoch": best["epoch"],
+                "best_epoch": self.best["epoch"],
                 "train_img_per_s": sum(h["train_img_per_s"] for h in history) / len(history),
                 "images_processed": history[-1]["images_processed"],
                 "active_fraction": history[-1]["active_fraction"],
@@ -247,9 +265,9 @@ class Objective:
             }
             for k, v in summary.items():
                 trial.set_user_attr(k, v)
-            if run is not None and self.tracker is not None:
-                self.tracker.log_metrics(
-                    run, {"best_val_recall@1": best["value"], "best_epoch": best["epoch"]}
+            if self.run_id is not None and tracker is not None:
+                tracker.log_metrics(
+                    self.run_id, {"best_val_recall@1": self.best["value"], "best_epoch": self.best["epoch"]}
                 )
-        if run is not None and self.tracker is not None:
-            self.tracker.end(run, state)
+        if self.run_id is not None and tracker is not None:
+            tracker.end(self.run_id, state)

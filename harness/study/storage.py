@@ -9,7 +9,7 @@ machines). Both detect trials whose worker died and re-queue them:
   heartbeat is older than the grace period, or at once when its owner was a process on this host
   that no longer exists (kill -9, OOM killer, node reboot of a local run).
 
-A stale trial is marked FAIL and handed to ``on_stale``; the runner's handler re-queues it with
+A stale trial is marked FAIL and handed to ``on_stale``; ``sweep.StaleTrialHandler`` re-queues it with
 Optuna's ``RetryHeartbeatStaleTrialCallback`` (its retry resumes from the failed trial's
 checkpoint) and closes its MLflow run.
 """
@@ -33,13 +33,12 @@ from typing import Any
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import HarnessError, first_line, redact_url
 from harness.pipeline import route_optuna_logging
+from harness.study.optuna_api import BaseHeartbeat, journal_lock, journal_path, trial_id
 
 log = logging.getLogger(__name__)
 route_optuna_logging()
@@ -117,9 +116,9 @@ class SafeJournalFileBackend(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         text = "\n".join(json.dumps(x, separators=(",", ":")) for x in logs) + "\n"
-        with get_lock_file(self._lock):
+        with journal_lock(self):
             self._cut_torn_tail()
-            with open(self._file_path, "ab") as f:
+            with open(journal_path(self), "ab") as f:
                 f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
@@ -131,14 +130,14 @@ class SafeJournalFileBackend(JournalFileBackend):
         last = self._last_line()
         if not last or (last.endswith(b"\n") and _record(last) is not None):
             return  # the usual case: nothing to repair, nothing written (a read-only copy opens too)
-        with get_lock_file(self._lock):
+        with journal_lock(self):
             self._cut_torn_tail()
             last = self._last_line()
         if last and _record(last) is None:
             self._repair(0)
 
     def _last_line(self) -> bytes:
-        with open(self._file_path, "rb") as f:
+        with open(journal_path(self), "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - (1 << 20)))
             tail = f.read()
@@ -159,7 +158,7 @@ class SafeJournalFileBackend(JournalFileBackend):
                 self._repair(number)
 
     def _aside(self, data: bytes) -> Path:
-        path = Path(f"{self._file_path}.torn-{_stamp()}")
+        path = Path(f"{journal_path(self)}.torn-{_stamp()}")
         with open(path, "wb") as f:
             f.write(data)
             f.flush()
@@ -167,7 +166,7 @@ class SafeJournalFileBackend(JournalFileBackend):
         return path
 
     def _cut_torn_tail(self) -> None:
-        with open(self._file_path, "rb+") as f:
+        with open(journal_path(self), "rb+") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
                 return
@@ -193,14 +192,14 @@ class SafeJournalFileBackend(JournalFileBackend):
         log.warning(
             "journal %s: its last record was torn (%d bytes, left by a crash or a full disk); set aside"
             " in %s, every other record is intact",
-            self._file_path,
+            journal_path(self),
             len(torn),
             aside,
         )
 
     def _repair(self, first_bad: int) -> None:
-        with get_lock_file(self._lock):
-            with open(self._file_path, "rb") as f:
+        with journal_lock(self):
+            with open(journal_path(self), "rb") as f:
                 lines = f.read().splitlines(keepends=True)
             kept, removed = lines[:first_bad], []
             for line in lines[first_bad:]:
@@ -214,19 +213,19 @@ class SafeJournalFileBackend(JournalFileBackend):
             if not removed:
                 return  # another process repaired it first
             aside = self._aside(b"".join(removed))
-            tmp = f"{self._file_path}.repair-{os.getpid()}"
+            tmp = f"{journal_path(self)}.repair-{os.getpid()}"
             try:
                 with open(tmp, "wb") as f:
                     f.write(b"".join(kept))
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, self._file_path)
+                os.replace(tmp, journal_path(self))
             finally:
                 Path(tmp).unlink(missing_ok=True)
         log.warning(
             "journal %s: %d torn record(s) found (left by a crash or a full disk); set aside in %s and"
             " the journal repaired; every whole record is kept",
-            self._file_path,
+            journal_path(self),
             len(removed),
             aside,
         )
@@ -286,13 +285,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = t.system_attrs.get(HEARTBEAT_ATTR)
-            if isinstance(beat, list) and beat[0] == t._trial_id:
+            if isinstance(beat, list) and beat[0] == trial_id(t):
                 last = float(beat[1])
             else:  # no beat of its own yet (a retry inherits its parent's attrs): count from the start
                 start = t.datetime_start or datetime.now(timezone.utc)
                 last = start.timestamp()
-            if now - last > self.grace_period or owner_is_dead(t.user_attrs.get(OWNER_ATTR), t._trial_id):
-                stale.append(t._trial_id)
+            if now - last > self.grace_period or owner_is_dead(t.user_attrs.get(OWNER_ATTR), trial_id(t)):
+                stale.append(trial_id(t))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:

@@ -1,7 +1,7 @@
 """Training a trial: input sources and the timed loop."""
 
 from harness.training.sources import ActivationSource, FeatureSource, ImageSource, Source
-from harness.training.trainer import TrainingDiverged, TrialParams, embed_source, evaluate_source, train
+from harness.training.trainer import TrainingDiverged, embed_source, evaluate_source, train
 
 __all__ = [
     "ActivationSource",
@@ -9,7 +9,6 @@ __all__ = [
     "ImageSource",
     "Source",
     "TrainingDiverged",
-    "TrialParams",
     "embed_source",
     "evaluate_source",
     "train",

@@ -6,7 +6,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from harness.evaluation import retrieval_metrics
 from harness.losses import get_distance
 from harness.mining import get_miner
 from harness.models.partial import set_bn_frozen
+from harness.params import TrialParams
 from harness.training.checkpoint import rng_state, set_rng_state
 from harness.training.sources import Source
 from harness.training.step import TrainStep
@@ -25,26 +25,6 @@ from harness.training.step import TrainStep
 
 class TrainingDiverged(HarnessError):
     """The loss became NaN/inf: the trial fails, the study goes on."""
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    margin: float
-    batch_p: int
-    batch_k: int
-    distance: str
-    mining: str
-    lr: float
-    embedding_dim: int
-    weight_decay: float = 1e-4
-    refresh_every: int = 1
-    train_blocks: int = 0  # trunk: partial: the backbone's last stages that train (see models.partial)
-    trunk_lr: float = 0.0  # the trainable trunk's learning rate (0: the head's lr)
-    bn: str = "train"  # BatchNorm in the trainable trunk: train (batch statistics) | frozen (pretrained)
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_p * self.batch_k
 
 
 def sync(device: torch.device) -> None:
@@ -181,85 +161,132 @@ def train(
     may prune); ``resume`` is such a state: training continues with the epoch after it, on the same
     random streams, and the returned history includes the resumed epochs.
     """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    dev_gen = torch.Generator(device=device).manual_seed(seed)
-    distance = get_distance(params.distance)
-    miner = get_miner(
-        params.mining, distance, params.margin, dev_gen, impl=miner_impl, refresh_every=params.refresh_every
-    )
-    step = TrainStep(
-        model,
-        miner,
-        params.margin,
-        params.lr,
-        params.weight_decay,
-        device,
-        compile_mode,
-        param_groups(model, params),
-    )
-    opt = step.opt
-    labels = train_src.labels
-    sampler = PKSampler(labels.cpu().numpy(), params.batch_p, params.batch_k, seed)
-    per_epoch = len(sampler) * params.batch_size  # images per epoch, the same for every strategy
-    pool = None
-    images_seen = 0
-    history: list[dict[str, float]] = []
-    first = 1
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"], gen, dev_gen, sampler.rng, train_src)
-        history = [dict(h) for h in resume["history"]]
-        images_seen = int(resume["images_seen"])
-        pool = None if resume["pool"] is None else resume["pool"].to(device)
-        first = int(resume["epoch"]) + 1
-    timer = PhaseTimer(device)
+    run = Training(model, params, train_src, device, seed, miner_impl, compile_mode)
+    first = run.restore(resume) if resume is not None else 1
     for epoch in range(first, epochs + 1):
-        model.train()
-        if params.bn == "frozen":
-            set_bn_frozen(model)
-        offline_s = 0.0
+        stats = run.epoch(epoch, first)
+        if val_src is not None:
+            stats.update(
+                {f"val_{k}": v for k, v in evaluate_source(model, val_src, params.distance, device).items()}
+            )
+        run.history.append(stats)
+        if on_checkpoint is not None:
+            t0 = time.perf_counter()
+            on_checkpoint(run.state(epoch))
+            stats["checkpoint_s"] = time.perf_counter() - t0  # not part of train_img_per_s
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    return run.history
+
+
+class Training:
+    """One trial's training state: its random streams (torch, the miner's device generator, the
+    P x K sampler, the source's augmentation), the step, the offline pool, the history."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: TrialParams,
+        train_src: Source,
+        device: torch.device,
+        seed: int,
+        miner_impl: str,
+        compile_mode: str,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.model, self.params, self.src, self.device = model, params, train_src, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.dev_gen = torch.Generator(device=device).manual_seed(seed)
+        self.miner = get_miner(
+            params.mining,
+            get_distance(params.distance),
+            params.margin,
+            self.dev_gen,
+            impl=miner_impl,
+            refresh_every=params.refresh_every,
+        )
+        self.step = TrainStep(
+            model,
+            self.miner,
+            params.margin,
+            params.lr,
+            params.weight_decay,
+            device,
+            compile_mode,
+            param_groups(model, params),
+        )
+        self.labels = train_src.labels
+        self.sampler = PKSampler(self.labels.cpu().numpy(), params.batch_p, params.batch_k, seed)
+        self.per_epoch = (
+            len(self.sampler) * params.batch_size
+        )  # images per epoch, the same for every strategy
+        self.pool: torch.Tensor | None = None
+        self.images_seen = 0
+        self.history: list[dict[str, float]] = []
+        self.timer = PhaseTimer(device)
+
+    def restore(self, resume: dict) -> int:
+        """Continue from a checkpoint's state; returns the first epoch still to run."""
+        self.model.load_state_dict(resume["model"])
+        self.step.opt.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"], self.gen, self.dev_gen, self.sampler.rng, self.src)
+        self.history = [dict(h) for h in resume["history"]]
+        self.images_seen = int(resume["images_seen"])
+        self.pool = None if resume["pool"] is None else resume["pool"].to(self.device)
+        return int(resume["epoch"]) + 1
+
+    def state(self, epoch: int) -> dict:
+        """Everything the next epoch depends on (see harness.training.checkpoint)."""
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.step.opt.state_dict(),
+            "rng": rng_state(self.gen, self.dev_gen, self.sampler.rng, self.src),
+            "history": self.history,
+            "images_seen": self.images_seen,
+            "pool": None if self.pool is None else self.pool.cpu(),
+        }
+
+    def _offline_batches(self, epoch: int) -> tuple[torch.Tensor, tuple, float]:
+        """Re-mine the whole training split when due (its embedding pass is compute too), then one
+        device tensor per epoch: [steps, 3 * per_step] = anchors, positives, negatives."""
+        p, device, offline_s = self.params, self.device, 0.0
+        if self.pool is None or (epoch - 1) % self.miner.refresh_every == 0:
+            t0 = time.perf_counter()
+            emb_all = embed_source(self.model, self.src, device)
+            self.pool = self.miner.mine_epoch(emb_all, self.labels, len(self.src), self.gen)
+            sync(device)
+            offline_s = time.perf_counter() - t0
+            self.images_seen += len(self.src)
+        per_step = max(1, p.batch_size // 3)
+        n_steps = max(1, (self.per_epoch // 3) // per_step)
+        pool = self.pool
+        order = pool[torch.randperm(len(pool), generator=self.gen).to(pool.device)]
+        order = order.repeat(-(-n_steps * per_step // max(len(order), 1)), 1)[: n_steps * per_step]
+        batches = order.view(n_steps, per_step, 3).transpose(1, 2).reshape(n_steps, -1).to(device)
+        ar = torch.arange(per_step, device=device)
+        return batches, (ar, ar + per_step, ar + 2 * per_step), offline_s
+
+    def epoch(self, epoch: int, first: int) -> dict[str, float]:
+        """Train one epoch; its statistics (no validation yet)."""
+        self.model.train()
+        if self.params.bn == "frozen":
+            set_bn_frozen(self.model)
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        if miner.offline:
-            if pool is None or (epoch - 1) % miner.refresh_every == 0:
-                t0 = time.perf_counter()
-                emb_all = embed_source(model, train_src, device)
-                pool = miner.mine_epoch(emb_all, labels, len(train_src), gen)
-                sync(device)
-                offline_s = time.perf_counter() - t0
-                images_seen += len(train_src)  # the whole-set embedding pass is compute too
-            per_step = max(1, params.batch_size // 3)
-            n_steps = max(1, (per_epoch // 3) // per_step)
-            order = pool[torch.randperm(len(pool), generator=gen).to(pool.device)]
-            order = order.repeat(-(-n_steps * per_step // max(len(order), 1)), 1)[: n_steps * per_step]
-            # one device tensor per epoch: [steps, 3 * per_step] = anchors, positives, negatives
-            batches = order.view(n_steps, per_step, 3).transpose(1, 2).reshape(n_steps, -1).to(device)
-            ar = torch.arange(per_step, device=device)
-            fixed = (ar, ar + per_step, ar + 2 * per_step)
+        if self.miner.offline:
+            batches, fixed, offline_s = self._offline_batches(epoch)
         else:
-            batches = torch.from_numpy(np.stack(list(sampler))).to(device)  # one copy per epoch
-            fixed = None
-        losses, active, mined = [], torch.zeros((), device=device), torch.zeros((), device=device)
-        for idx in batches:
-            marks = [timer.mark()]
-            x = train_src.batch(idx, train=True)
-            y = labels[idx]
-            marks.append(timer.mark())
-            loss, n_active, n_mined = step(x, None if miner.offline else y, fixed, marks, timer.mark)
-            marks.append(timer.mark())
-            timer.step(marks)
-            losses.append(loss.detach())
-            active += n_active
-            mined += n_mined
-        t = timer.totals() | {"offline_mine_s": offline_s}
+            batches = torch.from_numpy(np.stack(list(self.sampler))).to(self.device)  # one copy per epoch
+            fixed, offline_s = None, 0.0
+        losses, active, mined = self._steps(batches, fixed)
+        t = self.timer.totals() | {"offline_mine_s": offline_s}
         mean_loss = float(torch.stack(losses).mean()) if losses else 0.0
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch}; lower lr")
         n_img = batches.numel()
-        images_seen += n_img
+        self.images_seen += n_img
         step_s = sum(t[k] for k in PhaseTimer.PHASES)
-        stats = {
+        return {
             "epoch": float(epoch),
             "loss": mean_loss,
             # offline mining's whole-set embedding + mining pass is training time too
@@ -268,30 +295,26 @@ def train(
             **t,
             "active_fraction": float(active) / max(float(mined), 1.0),
             "triplets_per_step": float(mined) / max(len(batches), 1),
-            "images_processed": float(images_seen),
-            "compile_s": step.compile_s if epoch == first else 0.0,  # the first step, compile included
+            "images_processed": float(self.images_seen),
+            "compile_s": self.step.compile_s if epoch == first else 0.0,  # the first step, compile included
             # how busy the machine was: throughput measured under contention is flagged in the report
             **host_load(wall0, cpu0),
         }
-        if val_src is not None:
-            stats.update(
-                {f"val_{k}": v for k, v in evaluate_source(model, val_src, params.distance, device).items()}
+
+    def _steps(self, batches: torch.Tensor, fixed: tuple | None) -> tuple[list, torch.Tensor, torch.Tensor]:
+        device, timer = self.device, self.timer
+        losses, active, mined = [], torch.zeros((), device=device), torch.zeros((), device=device)
+        for idx in batches:
+            marks = [timer.mark()]
+            x = self.src.batch(idx, train=True)
+            y = self.labels[idx]
+            marks.append(timer.mark())
+            loss, n_active, n_mined = self.step(
+                x, None if self.miner.offline else y, fixed, marks, timer.mark
             )
-        history.append(stats)
-        if on_checkpoint is not None:
-            t0 = time.perf_counter()
-            on_checkpoint(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "rng": rng_state(gen, dev_gen, sampler.rng, train_src),
-                    "history": history,
-                    "images_seen": images_seen,
-                    "pool": None if pool is None else pool.cpu(),
-                }
-            )
-            stats["checkpoint_s"] = time.perf_counter() - t0  # not part of train_img_per_s
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-    return history
+            marks.append(timer.mark())
+            timer.step(marks)
+            losses.append(loss.detach())
+            active += n_active
+            mined += n_mined
+        return losses, active, mined

@@ -1,0 +1,90 @@
+"""A study's identity: its storage, its uid, its MLflow tracker, its files. What the evaluation and
+the report need of a study, without the worker machinery (signals, sweeps, the trial loop)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import optuna
+
+from harness.errors import HarnessError
+from harness.study.config import StudyConfig
+from harness.study.guard import changed_error
+from harness.study.sampler import make_sampler
+from harness.study.storage import StaleCallback, open_storage
+from harness.tracking import Tracker
+from harness.tracking.mlflow_tracker import sqlite_path
+
+
+def storage_for(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optuna.storages.BaseStorage:
+    ft = cfg.fault_tolerance
+    return open_storage(cfg.storage_url, ft.heartbeat_interval, ft.grace_period, on_stale)
+
+
+def sampler_for(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """Seeded per trial number: workers, resumes and raised budgets never repeat a draw."""
+    s = cfg.sampler
+    return make_sampler(s.name, s.seed, s.n_startup_trials)
+
+
+def pruner_for(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def tracker_for(cfg: StudyConfig) -> Tracker:
+    return Tracker(cfg.tracking_uri, cfg.name, cfg.results / "mlartifacts")
+
+
+def load_study(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optuna.Study:
+    """Open an existing study; refuse it when it was created with another search space/protocol.
+    ``on_stale``: what a worker does with a trial whose worker died (see ``harness.study.sweep``)."""
+    try:
+        study = optuna.load_study(
+            study_name=cfg.name,
+            storage=storage_for(cfg, on_stale),
+            sampler=sampler_for(cfg),
+            pruner=pruner_for(cfg),
+        )
+    except KeyError:
+        raise HarnessError(
+            f"study {cfg.name!r} does not exist in {cfg.storage_url}; run 'harness study create' first"
+        ) from None
+    if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
+        raise changed_error(cfg, study)
+    return study
+
+
+def study_uid(study: optuna.Study) -> str:
+    """Identifies this incarnation of the study: a study deleted and re-created gets new MLflow runs."""
+    return str(study.user_attrs.get("uid", "legacy"))
+
+
+def read_manifest(cfg: StudyConfig) -> dict | None:
+    """The study's split manifest, or None before ``prepare`` wrote it."""
+    path = cfg.manifest_path
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_writable(cfg: StudyConfig) -> None:
+    """Fail before the first trial, not in the middle of one, when results cannot be written."""
+    dirs = [cfg.study_dir]
+    if cfg.storage_url.startswith("journal:"):
+        dirs.append(Path(cfg.storage_url.removeprefix("journal:")).parent)
+    db = sqlite_path(cfg.tracking_uri)
+    if db is not None:
+        dirs.append(db.parent)  # SQLite writes its journal files beside the database
+    for d in dict.fromkeys(dirs):  # the study's own folder first: the one the message names
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-"):
+                pass
+        except OSError as e:
+            raise HarnessError(
+                f"cannot write to {d}: {e.strerror or e}; make the results directory writable and check"
+                " it has free space (results_dir in the study config moves it)"
+            ) from None

@@ -1,0 +1,149 @@
+"""A study's life: created once (under its lock, so concurrent first runs make one study with one
+uid), its config frozen for the pipeline, and set aside whole when its name is to be used again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.errors import HarnessError
+from harness.study.config import MANIFEST, StudyConfig, config_warnings, write_config
+from harness.study.guard import changed_error, n_finished, refuse_changed, stored_study
+from harness.study.identity import (
+    check_writable,
+    pruner_for,
+    read_manifest,
+    sampler_for,
+    storage_for,
+    study_uid,
+    tracker_for,
+)
+from harness.study.storage import budget_lock, open_storage
+from harness.study.sweep import sweep
+
+log = logging.getLogger(__name__)
+
+
+def create(cfg: StudyConfig) -> dict:
+    """Create (or re-open) the study and its MLflow parent run; refuse a changed search space.
+
+    Under the study's lock, so two first runs at once make one study with one uid and one parent run.
+    """
+    refuse_changed(cfg)
+    check_writable(cfg)
+    storage = storage_for(cfg)
+    tracker = tracker_for(cfg)  # initialise the MLflow schema once, before workers start
+    with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
+        try:  # an existing study is checked before anything is written to it
+            study = optuna.load_study(
+                study_name=cfg.name, storage=storage, sampler=sampler_for(cfg), pruner=pruner_for(cfg)
+            )
+        except KeyError:
+            study = optuna.create_study(
+                study_name=cfg.name,
+                storage=storage,
+                direction="maximize",
+                sampler=sampler_for(cfg),
+                pruner=pruner_for(cfg),
+                load_if_exists=True,  # another process (without our lock: another RDB) may create it
+            )
+        stored = study.user_attrs.get("space_hash")
+        if stored is not None and stored != cfg.space_hash():
+            raise changed_error(cfg, study)
+        if "uid" not in study.user_attrs:  # first: a crash below leaves a study that is still its own
+            study.set_user_attr("uid", uuid.uuid4().hex[:12])
+        if stored is None:
+            manifest = read_manifest(cfg) or {}
+            study.set_user_attr("config", cfg.to_dict())
+            study.set_user_attr("split_hash", manifest.get("hash"))
+            study.set_user_attr("dataset_files", manifest.get("dataset_files"))
+            study.set_user_attr("space_hash", cfg.space_hash())  # last: the study is complete
+        parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
+    for w in config_warnings(cfg, read_manifest(cfg)):
+        log.warning("study %s: %s", cfg.name, w)
+    info = {
+        "study": cfg.name,
+        "uid": study_uid(study),
+        "storage": cfg.storage_url,
+        "space_hash": cfg.space_hash(),
+        "mlflow_uri": cfg.tracking_uri,
+        "mlflow_parent_run_id": parent,
+    }
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.study_dir / "study.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def freeze(cfg: StudyConfig, path: Path) -> None:
+    """Write the frozen config the pipeline's later rules read, unless the stored study refuses it."""
+    refuse_changed(cfg)
+    write_config(cfg, path)
+
+
+# What a study owns under results/{study}/, set aside together by ``delete``.
+DERIVED = (
+    "study.json",
+    MANIFEST,
+    "config.yaml",
+    "trials",
+    "evaluation",
+    "test.csv",
+    "test_runs.csv",
+    "comparisons.csv",
+    "test_queries.npz",
+    "report",
+    "workers",
+)
+
+
+def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
+    """Set a study aside so its name can be used again: nothing is lost.
+
+    Everything derived from it moves to ``results/{study}/attic/<uid>-<time>/``, and so does its
+    journal when it is the study's own (``results/{study}/optuna.journal``). A journal elsewhere, or an
+    RDB storage, may hold other studies: there the trials are exported to the attic as CSV first and
+    the study is deleted from the storage. Under the study's lock; refused while a worker is running
+    one of its trials, and, without ``force``, for a study with finished trials.
+    """
+    study = stored_study(cfg)
+    if study is None:
+        raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
+    own_journal = cfg.storage_url == f"journal:{cfg.study_dir / 'optuna.journal'}"
+    with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
+        sweep(study)  # a trial whose worker is gone is not "running"
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running:
+            raise HarnessError(
+                f"study {cfg.name!r} has {len(running)} running trial(s) (trial {running[0].number}, ...);"
+                " stop its workers first, then delete it"
+            )
+        n = n_finished(study)
+        if n and not force:
+            raise HarnessError(
+                f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway"
+                f" (it moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config"
+                f" {cfg.command_path} --force'"
+            )
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        uid = study_uid(study)
+        attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
+        attic.mkdir(parents=True)
+        study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
+        if own_journal:
+            journal = cfg.study_dir / "optuna.journal"
+            shutil.move(str(journal), str(attic / "optuna.journal"))
+        else:
+            optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+        for name in DERIVED:
+            src = cfg.study_dir / name
+            if src.exists():
+                shutil.move(str(src), str(attic / name))
+    log.info("study %s (uid %s, %d finished trials) set aside in %s", cfg.name, uid, n, attic)
+    return attic
