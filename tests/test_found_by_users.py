@@ -150,3 +150,63 @@ def test_a_real_full_disk_while_decoding_is_one_line_not_sigbus(tmp_path: Path) 
     assert "No space left on device" in errors[0], errors
     assert ".part" not in (out / "ls.txt").read_text()
 
+
+# --- 20. an interrupted study draws what an uninterrupted one draws ---------------------------------
+
+
+def _finished_params(results: Path) -> list[tuple]:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+    from test_pipeline import NAME
+
+    storage = JournalStorage(JournalFileBackend(str(results / NAME / "optuna.journal")))
+    import optuna
+
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=done)]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_an_interrupted_study_proposes_the_configs_of_one_that_never_stopped(
+    sampler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM in trial 2, then the same command again: the retry of trial 2 takes trial number 3,
+    and every later fresh trial still gets the draw an uninterrupted study gives it."""
+    import harness.study.objective
+
+    root = make_cub(tmp_path / "data", per_class=4, noise=60.0)
+
+    def raw(results: Path) -> dict:
+        r = tiny_config(root, results, n_trials=6)
+        r["epochs"] = 2
+        r["sampler"] = {"name": sampler, "seed": 0, "n_startup_trials": 3}
+        r["search_space"] = r["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+        return r
+
+    clean = tmp_path / "clean.yaml"
+    clean.write_text(yaml.safe_dump(raw(tmp_path / "clean")))
+    assert main(["study", "run", "--config", str(clean)]) == 0
+
+    real = harness.study.objective.train
+    hit: list[int] = []
+
+    def interrupted(*args: object, **kw: object) -> object:
+        on_epoch = kw["on_epoch"]
+
+        def stop_after_first(epoch: int, stats: dict) -> None:
+            on_epoch(epoch, stats)  # type: ignore[operator]
+            trial = on_epoch.__self__.trial  # type: ignore[union-attr]
+            if trial.number == 2 and not hit:
+                hit.append(trial.number)
+                raise KeyboardInterrupt("signal 15")  # what the SIGTERM handler raises
+
+        return real(*args, **(kw | {"on_epoch": stop_after_first}))
+
+    cut = tmp_path / "cut.yaml"
+    cut.write_text(yaml.safe_dump(raw(tmp_path / "cut")))
+    monkeypatch.setattr(harness.study.objective, "train", interrupted)
+    assert main(["study", "run", "--config", str(cut)]) == 2 and hit == [2]
+    assert main(["study", "run", "--config", str(cut)]) == 0
+    assert _finished_params(tmp_path / "cut") == _finished_params(tmp_path / "clean")

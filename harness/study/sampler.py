@@ -1,11 +1,13 @@
-"""A sampler whose random stream is a function of (seed, trial number), not of the process.
+"""A sampler whose random stream is a function of (seed, draw index), not of the process.
 
 Optuna seeds a sampler once per process, so every new process (a resume, a raised budget, a
 second terminal) replays the first draws of the last one: the same parameter sets are proposed
 again and the budget is wasted. Here the wrapped sampler is re-created for each trial from a seed
-derived from the study's seed and the trial's number. Trial numbers are unique within a study,
-so no two trials share a random stream, and a study run again with the same seed draws the same
-configs in the same order.
+derived from the study's seed and the trial's *draw index*: how many fresh trials (not retries)
+come before it. A retry of an interrupted trial re-runs its original's params and takes a trial
+number, but no draw index, so the draws after an interruption are those an uninterrupted study
+makes: the same configs in the same order, whatever was interrupted. Draw indices are unique
+within a study, so no two fresh trials share a random stream.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.study.optuna_api import FAILED_TRIAL
+
 
 def trial_seed(seed: int, number: int) -> int:
     """Independent streams for neighbouring numbers (a hash, not seed + number)."""
     return int(np.random.SeedSequence([seed % 2**63, number + 1]).generate_state(1)[0])
+
+
+def draw_index(study: Study, trial: FrozenTrial) -> int:
+    """The number of fresh trials before ``trial``: retries (they carry ``failed_trial``) draw nothing."""
+    earlier = study.get_trials(deepcopy=False)[: trial.number]
+    return sum(FAILED_TRIAL not in t.system_attrs for t in earlier)
 
 
 class TrialSeededSampler(BaseSampler):
@@ -35,7 +45,7 @@ class TrialSeededSampler(BaseSampler):
         return f"TrialSeededSampler({self.inner!r}, seed={self.seed})"
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self.inner = self.make(trial_seed(self.seed, trial.number))
+        self.inner = self.make(trial_seed(self.seed, draw_index(study, trial)))
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
