@@ -31,5 +31,5 @@ def worker_outputs(wildcards):
 
 
 def evaluation_shards(wildcards):
-    n = STUDIES[wildcards.study].evaluate["jobs"]
+    n = STUDIES[wildcards.study].evaluate.jobs
     return expand("results/{study}/evaluation/shard-{shard}.done", study=wildcards.study, shard=range(n))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from harness.pipeline import rule_logging
 from harness.study.config import parse_config
-from harness.study.runner import freeze
+from harness.study.lifecycle import freeze
 
 rule_logging(snakemake.log[0])  # noqa: F821
 freeze(parse_config(snakemake.params.cfg), Path(snakemake.output[0]))  # noqa: F821

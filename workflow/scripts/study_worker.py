@@ -2,7 +2,7 @@
 # study storage until the study's budget is met.
 from harness.pipeline import rule_logging
 from harness.study.config import load_config
-from harness.study.runner import run_worker_group
+from harness.study.worker import run_worker_group
 
 rule_logging(snakemake.log[0], snakemake.threads)  # noqa: F821
 cfg = load_config(snakemake.input.config)  # noqa: F821
