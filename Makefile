@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-partial test test-slow lint dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial compare test test-slow lint dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 demo-partial: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile studies/cub-partial.yaml
 	@echo "report: results/cub-partial/report/index.html"
+
+## make compare: the fair comparison of mining strategies on real CUB and Cars196, one report over both
+compare: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare.yaml
+	@echo "report: results/report/cub-compare+cars-compare/index.html"
 
 ## make test: lint + the default test suite (CPU, tiny generated data)
 test: $(STAMP) lint

@@ -92,29 +92,32 @@ def cmd_create(a: argparse.Namespace) -> None:
 
 def cmd_worker(a: argparse.Namespace) -> None:
     cfg = _config(a)
+    from dataclasses import replace
+
+    from harness.study.arms import members
     from harness.study.worker import run_worker, run_worker_group
 
     per_gpu = a.processes or cfg.workers_per_gpu
-    if per_gpu > 1:
-        from dataclasses import replace
-
-        cfg = replace(cfg, workers_per_gpu=per_gpu, raw=cfg.raw | {"workers_per_gpu": per_gpu})
-        n = run_worker_group(cfg, a.config, a.worker, a.threads)
-        print(f"worker group {a.worker} ({per_gpu} processes): the study has {n} finished trials")
-        return
-    n = run_worker(cfg, a.worker)
-    print(f"worker {a.worker}: {n} trials")
+    for m in members(cfg, a.arm):
+        who = f"{m.name}: " if m.arm is not None else ""
+        if per_gpu > 1:
+            m = replace(m, workers_per_gpu=per_gpu, raw=m.raw | {"workers_per_gpu": per_gpu})
+            n = run_worker_group(m, a.config, a.worker, a.threads)
+            print(f"{who}worker group {a.worker} ({per_gpu} processes): the study has {n} finished trials")
+        else:
+            print(f"{who}worker {a.worker}: {run_worker(m, a.worker)} trials")
 
 
 def cmd_run(a: argparse.Namespace) -> None:
     cfg = _config(a)
+    from harness.study.arms import members
     from harness.study.data import prepare
     from harness.study.lifecycle import create
     from harness.study.worker import run_worker
 
     prepare(cfg, allow_download=True)  # refuses a config the stored study would refuse, first
     create(cfg)
-    n = run_worker(cfg, 0)
+    n = sum(run_worker(m, 0) for m in members(cfg))
     print(f"study {cfg.name}: this run added {n} trials")
 
 
@@ -128,13 +131,13 @@ def cmd_delete(a: argparse.Namespace) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.final import evaluate_shard, evaluate_study
+    from harness.study.steps import evaluate
 
-    if a.shard is not None:
-        evaluate_shard(cfg, a.shard)
-        print(f"{cfg.name}: evaluation shard {a.shard} of {cfg.evaluate.jobs} done")
+    df = evaluate(cfg, a.shard, a.arm)
+    if df is None:
+        what = f"arm {a.arm}" if a.arm is not None else f"shard {a.shard} of {cfg.evaluate.jobs}"
+        print(f"{cfg.name}: evaluation of {what} done")
         return
-    df = evaluate_study(cfg)
     cols = [c for c in ("config", "val_recall@1", "test_recall@1", "test_map@r") if c in df]
     print(df[cols].to_string(index=False))
 
@@ -234,6 +237,7 @@ def _study_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         s.add_argument("--config", required=True)
         if name == "worker":
             s.add_argument("--worker", type=int, default=0, help="worker index (names its log)")
+            s.add_argument("--arm", help="a comparison's arm (default: every arm in turn)")
             s.add_argument(
                 "--processes",
                 type=positive_int,
@@ -254,6 +258,7 @@ def _result_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         type=int,
         help="run only shard N (0-based) of evaluate.jobs (a cluster job); without it: all, then the tables",
     )
+    e.add_argument("--arm", help="a comparison: only this arm's runs (a cluster job)")
     e.set_defaults(func=cmd_evaluate)
     r = sub.add_parser(
         "report",

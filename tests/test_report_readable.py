@@ -8,7 +8,6 @@ import pandas as pd
 
 from harness.report import figures as F
 from harness.report.build import (
-    _formatters,
     _headline,
     _map_disagreement,
     curves_frame,
@@ -16,6 +15,7 @@ from harness.report.build import (
     final_table,
     strategy_table,
 )
+from harness.report.page import _formatters
 
 
 def trials(rows: list[dict]) -> pd.DataFrame:

@@ -35,6 +35,22 @@ class Split:
     val: np.ndarray  # validation classes (carved from train classes): what HPO scores on
     test: np.ndarray  # official test classes: final evaluation only
     manifest: dict
+    folds: tuple[np.ndarray, ...] = ()  # val_folds > 1: each fold's validation class ids (disjoint)
+
+    @property
+    def n_folds(self) -> int:
+        return max(1, len(self.folds))
+
+    def fold(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) image indices of fold ``f``: the other folds' classes train, its own
+        validate. With one fold, the carve-out (``train``, ``val``)."""
+        if not self.folds:
+            if f != 0:
+                raise IndexError(f"fold {f} of a single carve-out")
+            return self.train, self.val
+        labels = self.images.labels
+        val = np.flatnonzero(np.isin(labels, self.folds[f]))
+        return np.setdiff1d(self.trainval, val), val
 
     @property
     def trainval(self) -> np.ndarray:
@@ -51,7 +67,12 @@ def make_split(
     test_classes: range | list[int],
     val_fraction: float = 0.2,
     seed: int = 0,
+    val_folds: int = 1,
 ) -> Split:
+    """Class-disjoint splits of ``images``. ``val_folds`` = 1: ``val_fraction`` of the training
+    classes (seeded) validate. ``val_folds`` = k > 1: the training classes fall into k disjoint folds
+    of (nearly) equal size, each validating once while the others train (``fold``); ``train`` and
+    ``val`` are then fold 0's, and ``val_fraction`` is not used."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     present = set(images.classes.tolist())
@@ -63,13 +84,23 @@ def make_split(
             " the dataset copy is incomplete"
         )
     rng = np.random.default_rng(seed)
-    n_fit, n_val = carve_out(len(train_c), val_fraction)
+    folds: tuple[np.ndarray, ...] = ()
+    if val_folds > 1:
+        if len(train_c) // val_folds < 2:
+            raise ConfigError(
+                f"val_folds {val_folds} leaves fewer than 2 of the {len(train_c)} training classes per fold;"
+                " lower val_folds"
+            )
+        folds = tuple(np.sort(f) for f in np.array_split(rng.permutation(train_c), val_folds))
+    n_fit, n_val = (
+        carve_out(len(train_c), val_fraction) if not folds else (len(train_c) - len(folds[0]), len(folds[0]))
+    )
     if n_fit < 2:
         raise ConfigError(
             f"val_fraction {val_fraction} makes {n_val} of the {len(train_c)} training classes validation"
             f" classes, leaving {n_fit} to train on; lower val_fraction"
         )
-    val_c = np.sort(rng.choice(train_c, size=n_val, replace=False))
+    val_c = np.sort(rng.choice(train_c, size=n_val, replace=False)) if not folds else folds[0]
     fit_c = np.setdiff1d(train_c, val_c)
     for a, b, what in (
         (fit_c, val_c, "train/val"),
@@ -101,9 +132,15 @@ def make_split(
             k: int(np.unique(labels[v], return_counts=True)[1].min()) if len(v) else 0 for k, v in idx.items()
         },
     }
-    body["hash"] = hashlib.sha256(json.dumps(body["classes"], sort_keys=True).encode()).hexdigest()[:16]
+    identity: dict = dict(classes)
+    if folds:  # every fold is part of what the search was run on
+        body["val_folds"] = val_folds
+        body["folds"] = [f.tolist() for f in folds]
+        body["val_fraction"] = None
+        identity = identity | {"folds": body["folds"]}
+    body["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     body["overlap"] = {"train_val": [], "train_test": [], "val_test": []}
-    return Split(images, idx["train"], idx["val"], idx["test"], body)
+    return Split(images, idx["train"], idx["val"], idx["test"], body, folds)
 
 
 def write_manifest(split: Split, path: Path) -> None:
@@ -123,3 +160,9 @@ def check_manifest(manifest: dict) -> None:
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         if c[a] & c[b]:
             raise DataError(f"split manifest: {a} and {b} share classes {sorted(c[a] & c[b])[:10]}")
+    folds = [set(f) for f in manifest.get("folds", [])]
+    for i, f in enumerate(folds):
+        if f & c["test"] or any(f & g for g in folds[i + 1 :]):
+            raise DataError(
+                f"split manifest: validation fold {i} shares classes with another fold or the test"
+            )

@@ -113,3 +113,21 @@ def paired_bootstrap(
         len(d),
         "paired bootstrap over queries",
     )
+
+
+def holm(p_values: list[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (family-wise error control, no
+    independence assumed): sorted ascending, the i-th (from 0) of m is multiplied by m - i, made
+    monotone, and capped at 1. NaN p-values (an undefined test) stay NaN and are not counted in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out

@@ -7,9 +7,7 @@ Cars with the same search space) go on one page with a cross-dataset comparison.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import platform
 import re
@@ -24,6 +22,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.params import TABLE, HyperParam, is_offline
 from harness.report import figures as F
+from harness.report.page import Page
 from harness.study.config import StudyConfig, config_warnings
 from harness.study.identity import load_study, read_manifest, study_uid, tracker_for
 
@@ -277,6 +276,16 @@ def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
         }
         for k, v in m["classes"].items()
     ]
+    if m.get("folds"):  # k-fold validation: the rows above are fold 1's; every fold validates once
+        rows += [
+            {
+                "split": f"validation fold {i + 1}",
+                "classes": len(f),
+                "images": None,
+                "class ids": f"{len(f)} ids",
+            }
+            for i, f in enumerate(m["folds"])
+        ]
     return pd.DataFrame(rows), m
 
 
@@ -300,94 +309,6 @@ def environment() -> pd.DataFrame:
 
 
 # --- page ------------------------------------------------------------------------------------------
-
-
-class Page:
-    """Collects figures and tables; writes PNGs and CSVs beside the HTML."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-        (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-        self.parts: list[str] = []
-
-    def h(self, level: int, text: str) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def p(self, raw_html: str) -> None:
-        self.parts.append(f"<p>{raw_html}</p>")
-
-    def figure(self, key: str, title: str, caption: str, fig: F.Figure | None, missing: str = "") -> None:
-        if fig is None:
-            self.p(f"<i>{html.escape(title)}: not drawn ({html.escape(missing or 'no data')}).</i>")
-            return
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-        fig.savefig(self.out_dir / "figures" / f"{key}.png", dpi=200, bbox_inches="tight")
-        F.plt.close(fig)
-        b64 = base64.b64encode(buf.getvalue()).decode()
-        self.parts.append(
-            f'<figure id="fig-{key}"><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}"
-            f' <a href="figures/{key}.png">PNG</a></figcaption></figure>'
-        )
-
-    def table(self, key: str, df: pd.DataFrame, caption: str = "") -> None:
-        df.to_csv(self.out_dir / "tables" / f"{key}.csv", index=False)
-        body = df.to_html(
-            index=False,
-            float_format=_number,
-            formatters=_formatters(df),  # type: ignore[arg-type]
-            classes=f"dataframe {key.split('-')[-1]}",
-            border=0,
-            na_rep="–",
-        )
-        body = body.replace("<table ", f'<table id="table-{key}" data-rows="{len(df)}" ', 1)
-        link = f' <a href="tables/{key}.csv">CSV</a>'
-        self.parts.append(f"<p class='caption'>{caption}{link}</p><div class='scroll'>{body}</div>")
-
-    def html(self, title: str) -> str:
-        body = "\n".join(self.parts)
-        return (
-            f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{html.escape(title)}'
-            f"</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
-        )
-
-
-def _number(v: float) -> str:
-    """Integers as such, 4 decimals for metrics, thousands for throughput, scientific for small values."""
-    if float(v).is_integer() and abs(v) >= 1:
-        return f"{v:,.0f}"
-    if v != 0 and abs(v) < 0.01:
-        return f"{v:.2e}"
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
-
-
-def _formatters(df: pd.DataFrame) -> dict[str, object]:
-    """Per column, by what it holds: throughput and counts as whole numbers, learning rates in
-    scientific notation, loads with one decimal; everything else through ``_number``."""
-
-    def whole(v: float) -> str:
-        return "–" if pd.isna(v) else f"{v:,.0f}"
-
-    def sci(v: float) -> str:
-        return "–" if pd.isna(v) else f"{v:.2e}"
-
-    def one(v: float) -> str:
-        return "–" if pd.isna(v) else f"{v:.1f}"
-
-    out: dict[str, object] = {}
-    for c in df.columns:
-        name = str(c)
-        if not pd.api.types.is_float_dtype(df[c]):
-            continue
-        if "img" in name or name.startswith(("images", "trials")) or name in ("budget",):
-            out[name] = whole
-        elif name == "lr":
-            out[name] = sci
-        elif name.startswith("host_"):
-            out[name] = one
-    return out
 
 
 def _slug(text: str) -> str:
@@ -598,11 +519,13 @@ def cross_dataset_frame(data: list[StudyData]) -> pd.DataFrame:
 
 
 def build_report(cfgs: StudyConfig | list[StudyConfig], out_dir: Path | None = None) -> Path:
-    """Build one page for the given studies; log it to each study's MLflow parent run."""
+    """Build one page for the given studies and comparisons; log it to each one's MLflow parent run."""
+    from harness.report.comparison import ComparisonData, comparison_section, load_comparison
+
     cfgs = [cfgs] if isinstance(cfgs, StudyConfig) else list(cfgs)
     if not cfgs:
         raise HarnessError("no study given to report on")
-    data = [load_data(c) for c in cfgs]
+    data = [load_comparison(c) if c.compare is not None else load_data(c) for c in cfgs]
     multi = len(data) > 1
     if out_dir is None:
         out_dir = (
@@ -614,59 +537,76 @@ def build_report(cfgs: StudyConfig | list[StudyConfig], out_dir: Path | None = N
     title = f"Study {cfgs[0].name}" if not multi else "Studies " + ", ".join(c.name for c in cfgs)
     page.h(1, title)
     if multi:
-        refs = cross_dataset_frame(data)
-        if not refs.empty and refs["dataset"].nunique() > 1:
-            page.h(2, "Across datasets")
-            page.figure(
-                "cross_dataset",
-                "Reference configs across datasets",
-                "The same fixed recipe (reference margin, default parameters) per mining strategy "
-                "on each dataset; test Recall@1, mean and 95 % interval.",
-                F.cross_dataset(refs),
-            )
-            cols = [
-                "study",
-                "dataset",
-                "config",
-                "n_seeds",
-                "test_recall@1",
-                "test_recall@1_low",
-                "test_recall@1_high",
-                "test_map@r",
-            ]
-            page.table("cross_dataset", refs[cols], "Reference configs per dataset.")
+        _across_datasets(page, [d for d in data if isinstance(d, StudyData)])
+        _across_comparisons(page, [d for d in data if isinstance(d, ComparisonData)])
     for d in data:
-        _study_section(page, d, f"{_slug(d.cfg.name)}-" if multi else "", multi)
+        prefix = f"{_slug(d.cfg.name)}-" if multi else ""
+        if isinstance(d, ComparisonData):
+            comparison_section(page, d, prefix, multi)
+        else:
+            _study_section(page, d, prefix, multi)
     page.h(2, "Environment")
     page.table("environment", environment())
     out = out_dir / "index.html"
     out.write_text(page.html(title + " — triplet-loss study report"))
     for d in data:
-        _log_to_mlflow(d, out)
+        _log_to_mlflow(d.cfg, d.uid if isinstance(d, ComparisonData) else study_uid(d.study), out)
     return out
 
 
-def _log_to_mlflow(d: StudyData, page: Path) -> None:
+def _across_datasets(page: Page, data: list[StudyData]) -> None:
+    refs = cross_dataset_frame(data)
+    if refs.empty or refs["dataset"].nunique() < 2:
+        return
+    page.h(2, "Across datasets")
+    page.figure(
+        "cross_dataset",
+        "Reference configs across datasets",
+        "The same fixed recipe (reference margin, default parameters) per mining strategy "
+        "on each dataset; test Recall@1, mean and 95 % interval.",
+        F.cross_dataset(refs),
+    )
+    cols = [
+        "study",
+        "dataset",
+        "config",
+        "n_seeds",
+        "test_recall@1",
+        "test_recall@1_low",
+        "test_recall@1_high",
+    ]
+    page.table("cross_dataset", refs[cols + ["test_map@r"]], "Reference configs per dataset.")
+
+
+def _across_comparisons(page: Page, data: list) -> None:
+    from harness.report.comparison import rank_frame, rank_table, verdict
+
+    ranks = rank_frame(data)
+    if ranks.empty:
+        return
+    page.h(2, "Across datasets: the arms ranked")
+    for d in data:
+        page.p(verdict(d))
+    page.table(
+        "ranks",
+        rank_table(ranks),
+        "Each arm's rank by mean test R@1 on each dataset (1 = best; ties share the better rank) and its"
+        " mean rank. A rank says nothing about significance: see each dataset's pairwise tests below.",
+    )
+    page.figure(
+        "ranks",
+        "Test Recall@1 per arm and dataset",
+        "Mean and 95 % interval over seeds; arms ordered by mean rank.",
+        F.ranks(ranks),
+    )
+
+
+def _log_to_mlflow(cfg: StudyConfig, uid: str, page: Path) -> None:
     try:
-        tracker = tracker_for(d.cfg)
-        parent = tracker.parent_run(d.cfg.name, study_uid(d.study), d.cfg.to_dict())
+        tracker = tracker_for(cfg)
+        parent = tracker.parent_run(cfg.name, uid, cfg.to_dict())
         tracker.log_file(parent, page, "report")
         tracker.client.log_artifacts(parent, str(page.parent / "tables"), "report/tables")
         tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
     except Exception as e:  # the page is the product; MLflow holds a copy of it
-        print(f"warning: report not logged to MLflow for {d.cfg.name}: {e}")
-
-
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222 }
-table { border-collapse: collapse; font-size: 12px; margin: .3em 0 1.5em }
-td, th { padding: 3px 7px; border-bottom: 1px solid #ddd; text-align: right }
-figure { display: inline-block; margin: 0 1em 1.5em 0; vertical-align: top; max-width: 100% }
-img { max-width: 540px; width: 100% }
-figcaption { font-size: 12px; max-width: 540px }
-p.caption { font-size: 13px; margin-bottom: 0 }
-code { background: #f3f3f3; padding: 0 3px }
-div.scroll { overflow-x: auto }
-table.test td, table.test th { white-space: normal; min-width: 3em }
-p.note { background: #fff4e5; border-left: 4px solid #f0a030; padding: 4px 8px; font-size: 13px }
-"""
+        print(f"warning: report not logged to MLflow for {cfg.name}: {e}")

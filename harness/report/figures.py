@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 Figure = plt.Figure
+MIN_BOX = 5  # trials a cell needs before a box says more than its points
 
 
 def _legend_outside(ax: plt.Axes) -> None:
@@ -23,8 +24,10 @@ def _legend_outside(ax: plt.Axes) -> None:
 
 
 def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
-    """Boxes per mining x distance, and every trial as a point in its distance's colour, so a group
-    of one trial (whose box is a line) keeps its colour; only distances present get a legend entry."""
+    """Every trial as a point in its distance's colour, per mining strategy; a box only around a
+    (mining, distance) cell of at least ``MIN_BOX`` trials (a box around 2 points says less than the
+    points). Side-by-side slots per distance only when some cell has a box; else points share the
+    strategy's column, so no empty slots sit beside a label."""
     if done.empty or "mining" not in done:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -34,13 +37,16 @@ def r1_by_mining_distance(done: pd.DataFrame) -> Figure | None:
     palette = (
         dict(zip(hue_order, sns.color_palette(n_colors=len(hue_order)), strict=True)) if hue_order else None
     )
-    # the same groups, order and colours for boxes and points
+    cells = done.groupby(["mining", hue] if hue else ["mining"])["value"].transform("size")
+    boxed = done[cells >= MIN_BOX]
+    dodge = hue is not None and not boxed.empty
     groups = dict(x="mining", y="value", hue=hue, order=order, hue_order=hue_order, palette=palette)
-    sns.boxplot(done, **groups, ax=ax, fliersize=0, boxprops={"alpha": 0.35}, legend=False)
+    if not boxed.empty:
+        sns.boxplot(boxed, **groups, ax=ax, fliersize=0, boxprops={"alpha": 0.35}, dodge=dodge, legend=False)
     sns.stripplot(
         done,
         **groups,
-        dodge=hue is not None,
+        dodge=dodge,
         color=None if hue else "k",
         size=4,
         edgecolor="k",
@@ -302,4 +308,102 @@ def cross_dataset(refs: pd.DataFrame) -> Figure | None:
     ax.set_xticks(range(len(minings)), minings, rotation=30)
     ax.set(xlabel="mining strategy (reference margin, default recipe)", ylabel="test Recall@1")
     ax.legend(title="dataset (study)", fontsize=7)
+    return fig
+
+
+# --- comparisons (compare:) ------------------------------------------------------------------------
+
+
+def pairwise_matrix(comp: pd.DataFrame, arms: list[str], alpha: float = 0.05) -> Figure | None:
+    """Mean test R@1 of the row's arm minus the column's, over the same seeds; a star where the
+    Holm-adjusted paired t-test rejects equality at ``alpha``."""
+    pairs = comp[(comp["family"] == "pair") & (comp["metric"] == "recall@1")]
+    if pairs.empty or len(arms) < 2:
+        return None
+    diff = pd.DataFrame(np.nan, index=arms, columns=arms)
+    star = pd.DataFrame("", index=arms, columns=arms)
+    for _, r in pairs.iterrows():
+        a, b = str(r["config"]), str(r["versus"])
+        mark = "*" if r["p_holm"] < alpha else ""
+        diff.loc[a, b], diff.loc[b, a] = r["difference"], -r["difference"]
+        star.loc[a, b] = star.loc[b, a] = mark
+    labels = diff.apply(
+        lambda col: [
+            f"{v:+.3f}{s}" if not np.isnan(v) else "" for v, s in zip(col, star[col.name], strict=True)
+        ]
+    )
+    lim = float(np.nanmax(np.abs(diff.to_numpy()))) or 0.01
+    fig, ax = plt.subplots(figsize=(0.9 * len(arms) + 2.5, 0.6 * len(arms) + 1.6))
+    sns.heatmap(
+        diff,
+        annot=labels.to_numpy(),
+        fmt="",
+        cmap="RdBu",
+        vmin=-lim,
+        vmax=lim,
+        linewidths=0.5,
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": "test R@1, row minus column"},
+        ax=ax,
+    )
+    ax.set(xlabel="", ylabel="")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def sensitivity(trials: pd.DataFrame, x: str = "margin") -> Figure | None:
+    """Validation R@1 against ``x``, one colour per arm: every trial a point, and a line through the
+    arm's mean in each fifth of the range (the arm's response to ``x``)."""
+    d = trials.dropna(subset=[x, "best_val_r1"]) if x in trials else pd.DataFrame()
+    if d.empty or "arm" not in d:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    arms = list(dict.fromkeys(d["arm"]))
+    palette = dict(zip(arms, sns.color_palette(n_colors=len(arms)), strict=True))
+    edges = np.linspace(float(d[x].min()), float(d[x].max()), 6)
+    for arm in arms:
+        part = d[d["arm"] == arm]
+        ax.scatter(part[x], part["best_val_r1"], color=palette[arm], s=14, alpha=0.7)
+        bins = np.clip(np.digitize(part[x], edges[1:-1]), 0, 4)
+        means = part.groupby(bins).agg(x=(x, "mean"), y=("best_val_r1", "mean"))
+        ax.plot(means["x"], means["y"], color=palette[arm], lw=1.6, label=f"{arm} (n={len(part)})")
+    ax.set(xlabel=x, ylabel="validation Recall@1 (best epoch)")
+    _legend_outside(ax)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig
+
+
+def best_so_far(trials: pd.DataFrame) -> Figure | None:
+    """Each arm's best validation R@1 after each of its trials: where a line is flat at the end, more
+    trials of that arm found nothing better (its budget was enough to find its best)."""
+    d = trials.dropna(subset=["best_val_r1"]) if "best_val_r1" in trials else pd.DataFrame()
+    if d.empty or "arm" not in d:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, part in d.groupby("arm", sort=False):
+        part = part.sort_values("number")
+        ax.step(np.arange(1, len(part) + 1), part["best_val_r1"].cummax(), where="post", label=str(arm))
+    ax.set(xlabel="trials of the arm", ylabel="best validation Recall@1 so far")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig
+
+
+def ranks(table: pd.DataFrame) -> Figure | None:
+    """Each arm's test R@1 (mean, 95 % interval) on every dataset, arms ordered by mean rank."""
+    if table.empty or table["dataset"].nunique() < 1:
+        return None
+    order = list(table.groupby("arm")["rank"].mean().sort_values().index)
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.4))
+    offsets = np.linspace(-0.2, 0.2, len(datasets)) if len(datasets) > 1 else [0.0]
+    for off, ds in zip(offsets, datasets, strict=True):
+        part = table[table["dataset"] == ds].set_index("arm").reindex(order)
+        y = np.arange(len(order)) + off
+        m = part["test_recall@1"].to_numpy()
+        err = np.vstack([m - part["test_recall@1_low"].to_numpy(), part["test_recall@1_high"].to_numpy() - m])
+        ax.errorbar(m, y, xerr=np.nan_to_num(err), fmt="o", capsize=2, label=ds)
+    ax.set_yticks(range(len(order)), order, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="test Recall@1 (mean, 95 % interval over seeds)")
+    ax.legend(fontsize=7, title="dataset")
     return fig

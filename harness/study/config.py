@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -178,7 +179,10 @@ class SearchSpace:
 
 # --- the config ------------------------------------------------------------------------------------
 
-MANIFEST = "split_manifest.json"  # a study's split manifest, in its folder (and as an MLflow artifact)
+MANIFEST = "split_manifest.json"
+ARM_NAME = re.compile(
+    r"[A-Za-z0-9_.-]+"
+)  # a study's split manifest, in its folder (and as an MLflow artifact)
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class StudyConfig:
     compile: bool | str = "auto"
     epochs: int = 8
     val_fraction: float = 0.2
+    # class-disjoint k-fold validation on the training classes (1: the val_fraction carve-out)
+    val_folds: int = 1
     seed: int = 0
     device: str = "auto"
     workers: int = 1
@@ -214,6 +220,10 @@ class StudyConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     evaluate: Evaluate = field(default_factory=Evaluate)
     search_space: SearchSpace = field(default_factory=lambda: SearchSpace({}, "frozen"))
+    # a hyperparameter whose choices become arms: one study each, with equal budgets (harness.study.arms)
+    compare: str | None = None
+    arm: str | None = None  # set on an arm's own config: the value of ``compare`` it fixes
+    parent: str | None = None  # ... and the comparison study it belongs to
     raw: dict = field(repr=False, default_factory=dict)  # with defaults filled in: hashed, stored
     user: dict = field(repr=False, default_factory=dict)  # as the user wrote it
     source: str = ""  # the file it was read from, for messages that name the command to run
@@ -229,12 +239,29 @@ class StudyConfig:
 
     @property
     def study_dir(self) -> Path:
+        """results/{study}/; an arm's is results/{comparison}/arms/{arm}/."""
+        if self.parent is not None:
+            return self.results / self.parent / "arms" / str(self.arm)
         return self.results / self.name
 
     @property
+    def experiment(self) -> str:
+        """The MLflow experiment: the study's name (an arm's: its comparison's)."""
+        return self.parent or self.name
+
+    @property
     def manifest_path(self) -> Path:
-        """The split manifest: which classes each split holds (written by prepare, read by all)."""
-        return self.study_dir / MANIFEST
+        """The split manifest: which classes each split holds (written by prepare, read by all; an
+        arm shares its comparison's)."""
+        home = self.results / self.parent if self.parent is not None else self.study_dir
+        return home / MANIFEST
+
+    @property
+    def arms(self) -> list[str]:
+        """The arms of a comparison (``compare``'s choices, as names), else none."""
+        if self.compare is None:
+            return []
+        return [str(v) for v in self.search_space.values(self.compare)]
 
     @property
     def cache_dir(self) -> Path:
@@ -272,7 +299,7 @@ SECTIONS = {
     "evaluate": Evaluate,
 }
 REQUIRED = ("name", "dataset")
-BOOKKEEPING = ("raw", "user", "source")
+BOOKKEEPING = ("raw", "user", "source", "arm", "parent")
 
 
 def _defaults() -> dict[str, Any]:
@@ -389,8 +416,14 @@ PROTOCOL_KEYS = (
 )
 
 
+# Keys added later enter a study's identity only when set away from their default, so the hash of
+# every study created before them stays what it was.
+LATER_PROTOCOL_KEYS = {"val_folds": 1, "compare": None}
+
+
 def protocol_keys(raw: dict) -> tuple[str, ...]:
-    return tuple(k for k in PROTOCOL_KEYS if k != "partial" or raw.get("trunk") == "partial")
+    keys = tuple(k for k in PROTOCOL_KEYS if k != "partial" or raw.get("trunk") == "partial")
+    return keys + tuple(k for k, default in LATER_PROTOCOL_KEYS.items() if raw.get(k, default) != default)
 
 
 def protocol_changes(stored: dict, raw: dict) -> list[str]:
@@ -429,11 +462,26 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
     _check_sections(raw, source)
     cfg = build(raw, copy.deepcopy(data), source)
     _check_space(cfg, source)
+    _check_compare(cfg, source)
     if cfg.strict_counts:  # a subset: checked against the classes present when its data is loaded
-        widest = max(cfg.search_space.values("batch_p"))
-        n_train = len(DATASETS.get(cfg.dataset).train_classes)
-        check_carve_out(n_train, cfg.val_fraction, int(widest), source)
+        check_split(cfg, len(DATASETS.get(cfg.dataset).train_classes), source)
     return cfg
+
+
+def _check_compare(cfg: StudyConfig, source: str) -> None:
+    if cfg.compare is None:
+        return
+    spec = cfg.search_space.specs.get(cfg.compare)
+    if cfg.compare not in TABLE or not isinstance(spec, Choices) or len(spec.options) < 2:
+        raise ConfigError(
+            f"{source}: compare: {cfg.compare} must be a hyperparameter the search space gives as"
+            f" {{choices: [...]}} with at least two values: each becomes an arm"
+        )
+    bad = [a for a in cfg.arms if not ARM_NAME.fullmatch(a)]
+    if bad or len(set(cfg.arms)) != len(cfg.arms):
+        raise ConfigError(
+            f"{source}: compare: the arms {cfg.arms} must be distinct names of letters, digits, . _ -"
+        )
 
 
 def _check_sections(raw: dict, source: str) -> None:
@@ -494,6 +542,27 @@ def _check_range(spec: Range, where: str) -> None:
         raise ConfigError(
             f"{where}: step and log cannot be combined (Optuna samples a log range without a"
             " step); drop one of them"
+        )
+
+
+def check_split(cfg: StudyConfig, n_train_classes: int, where: str) -> None:
+    """The classes a trial trains on (after the carve-out, or in each of the k folds) must fill the
+    widest batch (P classes)."""
+    widest = int(max(cfg.search_space.values("batch_p")))
+    if cfg.val_folds == 1:
+        check_carve_out(n_train_classes, cfg.val_fraction, widest, where)
+        return
+    k = cfg.val_folds
+    if n_train_classes // k < 2:
+        raise ConfigError(
+            f"{where}: val_folds {k} leaves fewer than 2 of the {n_train_classes} training classes per"
+            " fold; lower val_folds"
+        )
+    n_fit = n_train_classes - -(-n_train_classes // k)  # the largest fold validates
+    if n_fit < max(2, widest):
+        raise ConfigError(
+            f"{where}: with val_folds {k} a fold trains on {n_fit} of the {n_train_classes} training"
+            f" classes, but search_space.batch_p reaches {widest}; lower batch_p to at most {n_fit}"
         )
 
 

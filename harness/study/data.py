@@ -21,7 +21,7 @@ from harness.data.splits import make_split, write_manifest
 from harness.errors import DataError
 from harness.models import create_trunk
 from harness.params import TrialParams
-from harness.study.config import StudyConfig, check_carve_out, config_warnings
+from harness.study.config import StudyConfig, check_split, config_warnings
 from harness.study.guard import refuse_changed
 from harness.study.trunks import Prepared, TrunkPool, get_trunk
 from harness.training import Source
@@ -76,10 +76,12 @@ def prepare(
     device = device or resolve_device(cfg.device)
     spec = get_dataset(cfg.dataset)
     images = spec.load(resolve_root(cfg, allow_download), strict_counts=cfg.strict_counts)
-    split = make_split(images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed)
+    split = make_split(
+        images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed, cfg.val_folds
+    )
     if not cfg.strict_counts:  # a subset: its class count is known only now (else: at config time)
         n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
-        check_carve_out(n_train, cfg.val_fraction, int(max(cfg.search_space.values("batch_p"))), cfg.name)
+        check_split(cfg, n_train, cfg.name)
     mode = get_trunk(cfg)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
     mode.check(trunk)  # against the built backbone, before anything is written
@@ -94,12 +96,15 @@ def prepare(
     return Prepared(cfg, mode, images, split, images_u8, info, inputs)
 
 
-def hpo_sources(prep: Prepared, device: torch.device, cut: int | None = None) -> tuple[Source, Source]:
-    """Train-minus-val and val classes: everything hyperparameter search may see (``cut``: the
-    mode's resident input a trial uses, e.g. its train_blocks for trunk: partial)."""
-    mode, split = prep.mode, prep.split
-    train = mode.source(prep, split.train, device, prep.cfg.seed, cut, train=True)
-    return train, mode.source(prep, split.val, device, 0, cut, train=False)
+def hpo_sources(
+    prep: Prepared, device: torch.device, cut: int | None = None, fold: int = 0
+) -> tuple[Source, Source]:
+    """Train-minus-val and val classes of validation fold ``fold``: everything hyperparameter search
+    may see (``cut``: the mode's resident input a trial uses, e.g. its train_blocks for trunk: partial)."""
+    mode = prep.mode
+    train_idx, val_idx = prep.split.fold(fold)
+    train = mode.source(prep, train_idx, device, prep.cfg.seed, cut, train=True)
+    return train, mode.source(prep, val_idx, device, 0, cut, train=False)
 
 
 def final_sources(

@@ -58,6 +58,7 @@ from harness.study.data import (
     resolve_device,
 )
 from harness.study.identity import check_writable, load_study, study_uid, tracker_for
+from harness.study.trunks import TrunkPool
 from harness.training import Source, evaluate_source, train
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,9 @@ def evaluation_units(cfg: StudyConfig) -> list[str]:
     """Every run of a study's final evaluation, from its config alone: ``baseline``, then per seed
     ``top{rank}-s{seed}`` and ``ref-{mining}-s{seed}``. A rank beyond the distinct complete trials
     is skipped when the evaluation runs."""
-    keys = ["baseline"]
+    keys = [] if cfg.parent else ["baseline"]
+    if cfg.compare is not None:
+        return keys
     minings = cfg.search_space.values("mining")
     for seed in cfg.evaluate.seed_list:
         keys += [f"top{r}-s{seed}" for r in range(1, cfg.evaluate.top_n + 1)]
@@ -167,8 +170,11 @@ def _epochs(t: FrozenTrial, cfg: StudyConfig) -> int:
 
 
 def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
-    """The units in the order of the tables: baseline, top configs by rank, references."""
-    units = [Unit("baseline", BASELINE, "baseline", 0, -1, math.nan, None, 0, -1)]
+    """The units in the order of the tables: baseline, top configs by rank, references. A comparison
+    plans only the baseline (its arms plan the rest); an arm plans no baseline (its comparison's)."""
+    units = [] if cfg.parent else [Unit("baseline", BASELINE, "baseline", 0, -1, math.nan, None, 0, -1)]
+    if cfg.compare is not None:
+        return units
     top = top_trials(cfg, study)
     refs = reference_params(cfg) if cfg.evaluate.references else []
     for rank, t in enumerate(top, start=1):
@@ -205,17 +211,33 @@ class Evaluator:
         check_writable(cfg)  # before minutes of training, not after
         self.uid = study_uid(self.study)
         self.device = resolve_device(cfg.device)
-        self.prep = prepare(cfg, self.device, write=False)
-        self.split = _check_protocol(cfg, self.prep, self.study)
+        self.split = _searched_split(cfg, self.study)
+        self._prep: Prepared | None = None
         # all train classes and the test classes, of one cut at a time (trunk: partial)
         self.sources: Resident[int | None, tuple[Source, Source]] = Resident(
             lambda cut: final_sources(self.prep, self.device, cfg.evaluate.seed, cut)
         )
         self.tracker = tracker_for(cfg)
         self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
-        self.pool = self.prep.mode.pool(self.device)
+        self._pool: TrunkPool | None = None
         self.mode = compile_mode(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
+
+    @property
+    def prep(self) -> Prepared:
+        """The data, loaded when a unit must run (gathering stored results needs none of it), and
+        checked to be the copy and split the search ran on."""
+        if self._prep is None:
+            prep = prepare(self.cfg, self.device, write=False)
+            _check_data(self.cfg, prep, self.study, self.split)
+            self._prep = prep
+        return self._prep
+
+    @property
+    def pool(self) -> TrunkPool:
+        if self._pool is None:
+            self._pool = self.prep.mode.pool(self.device)
+        return self._pool
 
     def path(self, unit: Unit) -> Path:
         """One file per run, named by what it ran (not by its rank, which changes as trials come in)."""
@@ -325,8 +347,8 @@ def _json_default(v: Any) -> Any:
     raise TypeError(type(v).__name__)
 
 
-def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> str:
-    """The split and the dataset copy must be those the search ran on; returns the split hash."""
+def _searched_split(cfg: StudyConfig, study: optuna.Study) -> str:
+    """The split the search ran on, from the stored manifest, refused when it was overwritten."""
     path = cfg.manifest_path
     fix = f"harness data prepare --config {cfg.command_path}"
     if not path.is_file():
@@ -334,12 +356,17 @@ def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> st
     manifest = json.loads(path.read_text())
     check_manifest(manifest)
     searched = study.user_attrs.get("split_hash") or manifest["hash"]
-    now = prep.split.manifest["hash"]
     if manifest["hash"] != searched:
         raise HarnessError(
             f"{path} holds split {manifest['hash']}, but study {cfg.name!r} was searched on split"
             f" {searched}: the file was overwritten (another config, or by hand); rewrite it with '{fix}'"
         )
+    return str(searched)
+
+
+def _check_data(cfg: StudyConfig, prep: Prepared, study: optuna.Study, searched: str) -> None:
+    """The data now found must give the split, and be the copy, the search ran on."""
+    now = prep.split.manifest["hash"]
     if now != searched:
         raise HarnessError(
             f"the data in {prep.images.image_dir.parent} gives split {now}, but study {cfg.name!r} was"
@@ -354,7 +381,6 @@ def _check_protocol(cfg: StudyConfig, prep: Prepared, study: optuna.Study) -> st
             f" (dataset fingerprint {fp}, searched on {stored_fp}: other files, labels or file sizes);"
             " point data_root at the copy the search used"
         )
-    return str(searched)
 
 
 def run_units(cfg: StudyConfig, keys: list[str], ev: Evaluator | None = None) -> dict[str, tuple[dict, dict]]:
@@ -393,7 +419,7 @@ def evaluate_shard(cfg: StudyConfig, shard: int) -> None:
     run_units(cfg, evaluation_shard(cfg, shard))
 
 
-def _summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], cfg: StudyConfig) -> dict:
+def summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], cfg: StudyConfig) -> dict:
     """Mean and interval per metric: t over seeds when k >= 2, else a bootstrap over queries."""
     row: dict = {"config": label, "kind": kind, "n_seeds": len(runs)}
     method = "t over seeds" if len(runs) >= 2 else "bootstrap over queries"
@@ -411,7 +437,7 @@ def _summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], c
     return row
 
 
-def _compare(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConfig) -> list[dict]:
+def compare_configs(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConfig) -> list[dict]:
     out = []
     n_boot = cfg.evaluate.bootstrap
     for m in COMPARED:
@@ -463,7 +489,7 @@ def gather(
         first.setdefault(u.label, u)
     summary = []
     for label, u in first.items():
-        row = _summary_row(label, u.kind, by_seed[label], queries[label], cfg)
+        row = summary_row(label, u.kind, by_seed[label], queries[label], cfg)
         row |= {"rank": u.rank, "trial": u.trial, "val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:
             row |= asdict(u.params)
@@ -473,15 +499,15 @@ def gather(
         c
         for label, u in first.items()
         if u.kind == "reference"
-        for c in _compare(best, label, by_seed, queries, cfg)
+        for c in compare_configs(best, label, by_seed, queries, cfg)
     ]
-    comparisons += _compare(best, BASELINE, by_seed, queries, cfg)
+    comparisons += compare_configs(best, BASELINE, by_seed, queries, cfg)
 
     uid = ev.uid
     runs = [row for rows in by_seed.values() for row in rows]  # baseline first, then configs in order
     study_dir = cfg.study_dir
-    _write_csv(pd.DataFrame(runs).assign(study_uid=uid), study_dir / "test_runs.csv")
-    _write_csv(pd.DataFrame(comparisons).assign(study_uid=uid), study_dir / "comparisons.csv")
+    write_csv(pd.DataFrame(runs).assign(study_uid=uid), study_dir / "test_runs.csv")
+    write_csv(pd.DataFrame(comparisons).assign(study_uid=uid), study_dir / "comparisons.csv")
     arrays = {
         f"{label}|seed{r['seed']}|{m}": q[m]
         for label in queries
@@ -491,13 +517,13 @@ def gather(
     arrays["study_uid"] = np.array(uid)
     np.savez_compressed(study_dir / "test_queries.npz", **arrays)  # type: ignore[arg-type]
     df = pd.DataFrame(summary).assign(study_uid=uid)
-    _write_csv(df, study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
+    write_csv(df, study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
     for name in ("test_runs.csv", "comparisons.csv"):
         ev.tracker.log_file(ev.parent, study_dir / name, "evaluation")
     return df
 
 
-def _write_csv(df: pd.DataFrame, out: Path) -> None:
+def write_csv(df: pd.DataFrame, out: Path) -> None:
     tmp = out.with_suffix(".tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(out)

@@ -37,7 +37,8 @@ def pruner_for(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def tracker_for(cfg: StudyConfig) -> Tracker:
-    return Tracker(cfg.tracking_uri, cfg.name, cfg.results / "mlartifacts")
+    """The study's MLflow experiment (an arm's: its comparison's; each arm has its own parent run)."""
+    return Tracker(cfg.tracking_uri, cfg.experiment, cfg.results / "mlartifacts")
 
 
 def load_study(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optuna.Study:

@@ -3,17 +3,20 @@ uid), its config frozen for the pipeline, and set aside whole when its name is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
+from harness.study.arms import arm_configs
 from harness.study.config import MANIFEST, StudyConfig, config_warnings, write_config
 from harness.study.guard import changed_error, n_finished, refuse_changed, stored_study
 from harness.study.identity import (
@@ -31,8 +34,9 @@ from harness.study.sweep import sweep
 log = logging.getLogger(__name__)
 
 
-def create(cfg: StudyConfig) -> dict:
-    """Create (or re-open) the study and its MLflow parent run; refuse a changed search space.
+def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
+    """Create (or re-open) the study and its MLflow parent run; refuse a changed search space. A
+    comparison (``compare:``) creates its record and then each of its arms.
 
     Under the study's lock, so two first runs at once make one study with one uid and one parent run.
     """
@@ -61,6 +65,8 @@ def create(cfg: StudyConfig) -> dict:
             study.set_user_attr("uid", uuid.uuid4().hex[:12])
         if stored is None:
             manifest = read_manifest(cfg) or {}
+            if parent_uid is not None:
+                study.set_user_attr("parent_uid", parent_uid)  # the comparison this arm belongs to
             study.set_user_attr("config", cfg.to_dict())
             study.set_user_attr("split_hash", manifest.get("hash"))
             study.set_user_attr("dataset_files", manifest.get("dataset_files"))
@@ -68,7 +74,7 @@ def create(cfg: StudyConfig) -> dict:
         parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     for w in config_warnings(cfg, read_manifest(cfg)):
         log.warning("study %s: %s", cfg.name, w)
-    info = {
+    info: dict[str, Any] = {
         "study": cfg.name,
         "uid": study_uid(study),
         "storage": cfg.storage_url,
@@ -76,6 +82,8 @@ def create(cfg: StudyConfig) -> dict:
         "mlflow_uri": cfg.tracking_uri,
         "mlflow_parent_run_id": parent,
     }
+    if cfg.compare is not None:  # last: study.json marks the comparison and every arm as created
+        info["arms"] = {a.arm: create(a, study_uid(study))["uid"] for a in arm_configs(cfg)}
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     (cfg.study_dir / "study.json").write_text(json.dumps(info, indent=1))
     return info
@@ -110,40 +118,56 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
     journal when it is the study's own (``results/{study}/optuna.journal``). A journal elsewhere, or an
     RDB storage, may hold other studies: there the trials are exported to the attic as CSV first and
     the study is deleted from the storage. Under the study's lock; refused while a worker is running
-    one of its trials, and, without ``force``, for a study with finished trials.
+    one of its trials, and, without ``force``, for a study with finished trials. A comparison goes
+    with all its arms, each checked the same way.
     """
     study = stored_study(cfg)
     if study is None:
         raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
-    own_journal = cfg.storage_url == f"journal:{cfg.study_dir / 'optuna.journal'}"
-    with budget_lock(cfg.storage_url, cfg.name) as lock, lock:
-        sweep(study)  # a trial whose worker is gone is not "running"
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if running:
-            raise HarnessError(
-                f"study {cfg.name!r} has {len(running)} running trial(s) (trial {running[0].number}, ...);"
-                " stop its workers first, then delete it"
-            )
-        n = n_finished(study)
-        if n and not force:
-            raise HarnessError(
-                f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway"
-                f" (it moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config"
-                f" {cfg.command_path} --force'"
-            )
+    members = [(cfg, study)] + [(a, s) for a in arm_configs(cfg) if (s := stored_study(a)) is not None]
+    with contextlib.ExitStack() as stack:
+        for member, _ in members:  # every arm's lock: no worker of any arm takes a trial meanwhile
+            stack.enter_context(stack.enter_context(budget_lock(member.storage_url, member.name)))
+        n = sum(_deletable(member, s, force) for member, s in members)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         uid = study_uid(study)
         attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
-        attic.mkdir(parents=True)
-        study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
-        if own_journal:
-            journal = cfg.study_dir / "optuna.journal"
-            shutil.move(str(journal), str(attic / "optuna.journal"))
-        else:
-            optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
-        for name in DERIVED:
-            src = cfg.study_dir / name
-            if src.exists():
-                shutil.move(str(src), str(attic / name))
+        for member, s in reversed(members):  # the arms first: the comparison's record goes last
+            _set_aside(member, s, attic if member is cfg else attic / "arms" / str(member.arm))
+            if member.parent is not None:
+                with contextlib.suppress(OSError):  # its folder now holds nothing (or its own attic)
+                    member.study_dir.rmdir()
     log.info("study %s (uid %s, %d finished trials) set aside in %s", cfg.name, uid, n, attic)
     return attic
+
+
+def _deletable(cfg: StudyConfig, study: optuna.Study, force: bool) -> int:
+    """Refuse while a trial runs, or (without ``force``) when trials finished; their count."""
+    sweep(study)  # a trial whose worker is gone is not "running"
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        raise HarnessError(
+            f"study {cfg.name!r} has {len(running)} running trial(s) (trial {running[0].number}, ...);"
+            " stop its workers first, then delete it"
+        )
+    n = n_finished(study)
+    if n and not force:
+        raise HarnessError(
+            f"study {cfg.name!r} has {n} finished trial{'s' if n != 1 else ''}; to set it aside anyway"
+            f" (it moves to {cfg.study_dir / 'attic'}/), run 'harness study delete --config"
+            f" {cfg.command_path} --force'"
+        )
+    return n
+
+
+def _set_aside(cfg: StudyConfig, study: optuna.Study, attic: Path) -> None:
+    attic.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
+    if cfg.storage_url == f"journal:{cfg.study_dir / 'optuna.journal'}":  # its own journal: moved whole
+        shutil.move(str(cfg.study_dir / "optuna.journal"), str(attic / "optuna.journal"))
+    else:
+        optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+    for name in DERIVED:
+        src = cfg.study_dir / name
+        if src.exists():
+            shutil.move(str(src), str(attic / name))

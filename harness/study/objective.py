@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
@@ -68,10 +69,10 @@ class Objective:
         self.uid = uid  # the study incarnation: checkpoints and events of another are never mixed in
         # the train and validation sources of one cut at a time (trunk: partial: a deep cut's
         # activations with their views can fill a GPU)
-        self.sources: Resident[int | None, tuple[Source, Source]] = Resident(
-            lambda cut: hpo_sources(self.prep, self.device, cut)
+        self.sources: Resident[tuple[int | None, int], tuple[Source, Source]] = Resident(
+            lambda key: hpo_sources(self.prep, self.device, *key)
         )
-        self.sources.get(prep.mode.cut(None))
+        self.sources.get((prep.mode.cut(None), 0))
         self.pool = prep.mode.pool(device)  # the worker's one trunk for all trials
         self.mode = compile_mode(cfg, device)  # the training step: eager, compiled or CUDA graphs
         self.current: int | None = None  # the latest trial started (the SIGTERM handler re-queues it)
@@ -100,7 +101,12 @@ class Objective:
 
 class TrialRun:
     """One trial: its params and seed, its checkpoint (or an ancestor's to resume), its MLflow run,
-    the epochs it reports; every exit path ends its records."""
+    the epochs it reports; every exit path ends its records.
+
+    With ``val_folds`` = k > 1 the trial trains k times, once per validation fold, from the same
+    initial weights; it reports step ``fold * epochs + epoch`` with the running mean, over the folds
+    seen so far, of validation R@1 at that epoch (the pruner compares trials at equal steps), and
+    its value is the best epoch of the mean over all k folds."""
 
     def __init__(self, objective: Objective, trial: optuna.Trial) -> None:
         self.o, self.trial, cfg = objective, trial, objective.cfg
@@ -124,7 +130,10 @@ class TrialRun:
         self.resume, self.resumed_from = self._resume_point()
         self.run_id = self._open_run()
         self.best = {"value": -math.inf, "epoch": 0}
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []  # every epoch of every fold, in order
+        self.folds: list[list[dict[str, float]]] = [[] for _ in range(objective.prep.split.n_folds)]
+        self.raw: list[list[dict[str, float]]] = [[] for _ in self.folds]  # as train() gave them
+        self.fold = 0  # the fold in training
         self.clock = {"start": time.perf_counter(), "first": 0}  # ETA from the epochs this process ran
 
     def _resume_point(self) -> tuple[dict | None, int | None]:
@@ -153,15 +162,29 @@ class TrialRun:
         o.tracker.log_json(run, o.cfg.to_dict(), "study_config.json")
         return run
 
+    @property
+    def steps(self) -> int:
+        return len(self.folds) * self.o.cfg.epochs
+
     def on_epoch(self, epoch: int, stats: dict[str, float]) -> None:
-        """Log, report to the pruner, and prune: called after each epoch (and for resumed ones)."""
-        trial, epochs = self.trial, self.o.cfg.epochs
+        """Log, report to the pruner, and prune: called after each epoch of each fold (and for the
+        epochs a resumed trial had already run)."""
+        trial, epochs, fold = self.trial, self.o.cfg.epochs, self.fold
+        self.raw[fold].append(stats)
+        offset = sum(f[-1]["images_processed"] for f in self.raw[:fold])  # compute of earlier folds
+        stats = stats | {"fold": float(fold), "images_processed": offset + stats["images_processed"]}
+        self.folds[fold].append(stats)
+        step = fold * epochs + epoch
+        r1 = float(np.mean([f[epoch - 1]["val_recall@1"] for f in self.folds[: fold + 1]]))
+        stats["val_recall@1_running_mean"] = r1
         self.history.append(stats)
-        ran = epoch - self.clock["first"]
-        left = (time.perf_counter() - self.clock["start"]) / max(ran, 1) * (epochs - epoch)
+        ran = step - self.clock["first"]
+        left = (time.perf_counter() - self.clock["start"]) / max(ran, 1) * (self.steps - step)
+        where = f"fold {fold + 1}/{len(self.folds)}, " if len(self.folds) > 1 else ""
         progress_log.info(
-            "trial %d: epoch %d/%d, val R@1 %.4f, %s img/s; ETA %s",
+            "trial %d: %sepoch %d/%d, val R@1 %.4f, %s img/s; ETA %s",
             trial.number,
+            where,
             epoch,
             epochs,
             stats["val_recall@1"],
@@ -169,13 +192,20 @@ class TrialRun:
             duration(left),
         )
         if self.run_id is not None and self.o.tracker is not None:
-            self.o.tracker.log_metrics(self.run_id, stats, step=epoch)
-        r1 = stats["val_recall@1"]
+            self.o.tracker.log_metrics(self.run_id, stats, step=step)
         if r1 > self.best["value"]:
             self.best.update(value=r1, epoch=epoch)
-        trial.report(r1, epoch)
+        trial.report(r1, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} with val R@1 {r1:.4f}")
+            raise optuna.TrialPruned(f"pruned at {where}epoch {epoch} with val R@1 {r1:.4f}")
+
+    def _final_best(self) -> None:
+        """All folds done: the epoch whose validation R@1, averaged over the folds, is highest (one
+        fold: the epoch of the best R@1, as reported)."""
+        if len(self.folds) == 1:
+            return
+        mean = np.mean([[h["val_recall@1"] for h in f] for f in self.folds], axis=0)
+        self.best.update(value=float(mean.max()), epoch=int(mean.argmax()) + 1)
 
     def _announce(self) -> None:
         trial, o = self.trial, self.o
@@ -192,27 +222,40 @@ class TrialRun:
 
     def _train(self) -> None:
         o, p = self.o, self.params
-        torch.manual_seed(self.seed)
-        train_src, val_src = o.sources.get(o.prep.mode.cut(p))
-        train_src.reseed(self.seed)
-        model = build_model(o.prep, p, o.device, o.pool)
-        if self.resume is not None:
-            for h in self.resume["history"]:  # the pruner and MLflow see the epochs done before the kill
-                self.on_epoch(int(h["epoch"]), h)
-            self.clock.update(start=time.perf_counter(), first=int(self.resume["epoch"]))
-        train(
-            model,
-            p,
-            train_src,
-            o.cfg.epochs,
-            o.device,
-            seed=self.seed,
-            val_src=val_src,
-            on_epoch=self.on_epoch,
-            resume=self.resume,
-            on_checkpoint=self.checkpoint.save if self.checkpoints else None,
-            compile_mode=o.mode,
-        )
+        first = int(self.resume.get("fold", 0)) if self.resume is not None else 0
+        if self.resume is not None:  # the pruner and MLflow see the epochs done before the kill
+            done = [*self.resume.get("fold_histories", []), self.resume["history"]]
+            for fold, history in enumerate(done):
+                self.fold = fold
+                for h in history:
+                    self.on_epoch(int(h["epoch"]), h)
+            self.clock.update(
+                start=time.perf_counter(), first=first * o.cfg.epochs + int(self.resume["epoch"])
+            )
+        for fold in range(first, len(self.folds)):
+            self.fold = fold
+            torch.manual_seed(self.seed)  # every fold starts from the same weights
+            train_src, val_src = o.sources.get((o.prep.mode.cut(p), fold))
+            train_src.reseed(self.seed)
+            model = build_model(o.prep, p, o.device, o.pool)
+            train(
+                model,
+                p,
+                train_src,
+                o.cfg.epochs,
+                o.device,
+                seed=self.seed,
+                val_src=val_src,
+                on_epoch=self.on_epoch,
+                resume=self.resume if fold == first else None,
+                on_checkpoint=self._save if self.checkpoints else None,
+                compile_mode=o.mode,
+            )
+        self._final_best()
+
+    def _save(self, state: dict) -> None:
+        """A fold's epoch checkpoint, with the fold and the folds already done."""
+        self.checkpoint.save(state | {"fold": self.fold, "fold_histories": self.raw[: self.fold]})
 
     def run(self) -> float:
         self._announce()
@@ -261,7 +304,7 @@ class TrialRun:
                 "host_load": max(h.get("host_load", float("nan")) for h in history),
                 "host_cpus": history[-1].get("host_cpus", float("nan")),
                 # validation R@1 against compute spent: offline mining's whole-set passes count
-                "curve": [[h["images_processed"], h["val_recall@1"]] for h in history],
+                "curve": [[h["images_processed"], h["val_recall@1_running_mean"]] for h in history],
             }
             for k, v in summary.items():
                 trial.set_user_attr(k, v)

@@ -112,8 +112,8 @@ def run_worker_group(
     """``workers_per_gpu`` worker processes on this machine's device, as one job (one Snakemake job
     or SLURM job per GPU): small trials (small images, a frozen trunk) leave a GPU mostly waiting
     for one process's host work, and several processes overlap it. Worker ``w`` of the job runs
-    processes ``w * n .. w * n + n - 1``; each gets ``threads // n`` CPU threads. Returns the number
-    of trials they ran."""
+    processes ``w * n .. w * n + n - 1``; each gets ``threads // n`` CPU threads. ``cfg`` may be an
+    arm's (``--arm``). Returns the number of trials they ran."""
     n = cfg.workers_per_gpu
     if n == 1:
         return run_worker(cfg, worker)
@@ -128,6 +128,7 @@ def run_worker_group(
         "worker",
         "--config",
         str(config_path),
+        *(["--arm", str(cfg.arm)] if cfg.arm is not None else []),
     ]
     procs = [subprocess.Popen([*cmd, "--worker", str(worker * n + i), "--processes", "1"]) for i in range(n)]
     log.info("worker group %d: %d processes on one device, %d threads each", worker, n, per)

@@ -20,7 +20,6 @@ rule prepare_data:
         "logs/prepare_data/{study}.log",
     conda:
         "../envs/harness.yaml"
-    threads: 2
     resources:
         gpu=1,
     script:

@@ -14,3 +14,17 @@ rule report:
         "../envs/harness.yaml"
     script:
         "../scripts/report.py"
+
+
+rule joint_report:
+    input:
+        configs=joint_configs,
+        tests=joint_tests,
+    output:
+        "results/report/{names}/index.html",
+    log:
+        "logs/report/{names}.log",
+    conda:
+        "../envs/harness.yaml"
+    script:
+        "../scripts/joint_report.py"

@@ -22,7 +22,22 @@ rule study_worker:
         "logs/study_worker/{study}/{worker}.log",
     conda:
         "../envs/harness.yaml"
-    threads: 2
+    resources:
+        gpu=1,
+    script:
+        "../scripts/study_worker.py"
+
+
+rule arm_worker:
+    input:
+        config="results/{study}/config.yaml",
+        study="results/{study}/study.json",
+    output:
+        touch("results/{study}/arms/{arm}/workers/{worker}.done"),
+    log:
+        "logs/arm_worker/{study}/{arm}/{worker}.log",
+    conda:
+        "../envs/harness.yaml"
     resources:
         gpu=1,
     script:

@@ -1,0 +1,60 @@
+"""Arms: a fair comparison of the values of one hyperparameter (``compare: mining``).
+
+Tuning one joint study over "mining" lets the sampler spend its trials where things looked good
+early: strategies end up with different budgets, and the one that got 2 trials is compared with
+the one that got 10. Here each value of ``compare`` is an *arm*, its own Optuna study:
+
+- the same ``budget.n_trials``, the same remaining search space, the same split (the comparison's
+  split manifest), the same epochs and validation folds;
+- its own sampler stream (seeded from ``sampler.seed`` and the arm's name) and its own pruner;
+- its own journal, trials, checkpoints, lock and workers under ``results/{study}/arms/{arm}/``, so
+  arms run as separate jobs (in parallel on a cluster) and resume, lock and recover one by one;
+- its own MLflow parent run, in the comparison's experiment.
+
+The comparison study itself holds no trials: its record (uid, config, split) ties the arms
+together, and its evaluation scores the no-training baseline and gathers every arm's re-trained
+best config (``harness.study.comparison``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import replace
+
+from harness.errors import ConfigError
+from harness.study.config import StudyConfig, build
+
+
+def arm_seed(seed: int, arm: str) -> int:
+    """The arm's own sampler seed: a hash, so neighbouring arms share no stream."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{arm}".encode()).digest()[:4], "big")
+
+
+def arm_config(cfg: StudyConfig, arm: str) -> StudyConfig:
+    """The study of one arm: ``compare`` fixed to that value, everything else the comparison's."""
+    if cfg.compare is None:
+        raise ConfigError(f"study {cfg.name!r} compares nothing (no compare: key); it has no arms")
+    values = {str(v): v for v in cfg.search_space.values(cfg.compare)}
+    if arm not in values:
+        raise ConfigError(f"study {cfg.name!r} has no arm {arm!r}; its arms: {', '.join(values)}")
+    raw = copy.deepcopy(cfg.raw)
+    raw["name"] = f"{cfg.name}.{arm}"
+    raw["compare"] = None
+    raw["search_space"][cfg.compare] = values[arm]
+    raw["sampler"]["seed"] = arm_seed(cfg.sampler.seed, arm)
+    # an arm's evaluation re-trains its best validation config with every seed (no references:
+    # every other value of compare is an arm of its own; the baseline is the comparison's)
+    raw["evaluate"] = raw["evaluate"] | {"top_n": 1, "references": False, "jobs": 1}
+    return replace(build(raw, cfg.user, cfg.source), arm=arm, parent=cfg.name)
+
+
+def arm_configs(cfg: StudyConfig) -> list[StudyConfig]:
+    return [arm_config(cfg, a) for a in cfg.arms]
+
+
+def members(cfg: StudyConfig, arm: str | None = None) -> list[StudyConfig]:
+    """The studies that run trials: the study itself, one arm (``arm``), or every arm of a comparison."""
+    if arm is not None:
+        return [arm_config(cfg, arm)]
+    return arm_configs(cfg) if cfg.compare is not None else [cfg]
