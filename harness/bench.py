@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -205,61 +206,108 @@ def frozen_bench(device: torch.device, trials: int = 5, compile_mode: str = "eag
     return {"trials": trials, "epochs": 8, "mode": compile_mode, "trials_per_min": trials / minutes}
 
 
+class PeerModel(torch.nn.Module):
+    """The peer approach to partial fine-tuning, as a plain timm or PML script writes it: the whole
+    backbone in the forward pass, its bottom frozen (no gradient, but recomputed on every step from
+    the augmented image), the same top trained."""
+
+    def __init__(self, model: torch.nn.Module, cut: int) -> None:
+        super().__init__()
+        import copy
+
+        from harness.models.partial import Bottom, Top
+
+        self.bottom, self.top, self.cut = Bottom(copy.deepcopy(model)), Top(model, cut), cut
+        for p in self.bottom.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.bottom(x, [self.cut])[self.cut])
+
+
 def partial_bench(
-    device: torch.device, backbone: str = "efficientnet_lite0", px: int = 128, n: int = 1024
+    device: torch.device,
+    backbone: str = "efficientnet_lite0",
+    px: int = 128,
+    n: int = 1024,
+    cuts: tuple[int, ...] = (0, 1, 2),
+    peer_images: int = 256,
+    compiled: bool = True,
 ) -> dict:
-    """Train img/s of a partial trial (trunk: partial) at each cut of the demo study, from
-    activations shaped as ``backbone``'s at ``px`` (the cached bottom's output), one epoch of
-    ``n`` images with 1 of 4 views per image, as ``train`` runs it (channels_last top)."""
-    from harness.models.partial import Bottom, Top
+    """Train img/s of a partial trial (trunk: partial) at each cut, from activations shaped as
+    ``backbone``'s at ``px`` (the cached bottom's output), 1 of 4 views per image, as ``train``
+    runs it (channels_last top), eager and compiled; against the peer approach (``PeerModel``: the
+    same top behind the frozen bottom recomputed on every augmented image), measured in the same run
+    on ``peer_images`` images. Prints the ratios; the second compiled trial shows what torch's graph
+    caches leave of the compile time when a study's next trial has other hyperparameters."""
+    from harness.models.partial import Bottom
     from harness.training import ActivationSource
 
     model = timm.create_model(backbone, pretrained=False, num_classes=0)
-    rows = []
     with torch.no_grad():
         shapes = {
-            k: v.shape[1:] for k, v in Bottom(model).eval()(torch.zeros(1, 3, px, px), [0, 1, 2]).items()
+            k: v.shape[1:] for k, v in Bottom(model).eval()(torch.zeros(1, 3, px, px), list(cuts)).items()
         }
     labels = np.repeat(np.arange(n // 4), 4)  # P=16 classes x K=4 per batch, as the demo's best trial
-    for cut in (0, 1, 2):
+    rows = []
+    for cut in cuts:
         g = np.random.default_rng(cut)
         centre = g.standard_normal((n, *shapes[cut])).astype(np.float16)
         views = g.standard_normal((n, 4, *shapes[cut])).astype(np.float16)
         src = ActivationSource(centre, views, np.arange(n), labels, np.arange(n), device)
-        top = Top(model, cut).to(device).to(memory_format=torch.channels_last)
-        emb = Embedder(top, EmbeddingHead(int(model.num_features), 0), layout=torch.channels_last)  # type: ignore[arg-type]
-        params = TrialParams(
-            0.2,
-            16,
-            4,
-            "euclidean",
-            "distance-weighted",
-            1e-4,
-            0,
-            train_blocks=cut,
-            trunk_lr=1e-4,
-            bn="frozen",
+        row: dict[str, Any] = {"cut": cut, "input": list(shapes[cut])}
+        runs = (("eager", 0.2), ("compiled", 0.2), ("compiled", 0.3)) if compiled else (("eager", 0.2),)
+        for key in ("compiled", "compiled_next"):
+            row |= {f"{key}_img_per_s": math.nan, f"{key}_compile_s": math.nan}
+        for mode, margin in runs:
+            h = train(_top(model, cut), _partial_params(cut, margin), src, 2, device, compile_mode=mode)
+            key = mode if margin == 0.2 else "compiled_next"
+            row[f"{key}_img_per_s"] = h[-1]["train_img_per_s"]  # the second epoch: warm
+            row[f"{key}_compile_s"] = h[0]["compile_s"]
+        row["peer_img_per_s"] = _peer_img_per_s(model, cut, px, peer_images, device)
+        row["vs_peer"] = row["eager_img_per_s"] / row["peer_img_per_s"]
+        row["compiled_vs_eager"] = row["compiled_img_per_s"] / row["eager_img_per_s"]
+        rows.append(row)
+        print(
+            f"partial cut {cut}: eager {row['eager_img_per_s']:.0f} img/s,"
+            f" compiled {row['compiled_img_per_s']:.0f}"
+            f" ({row['compiled_vs_eager']:.2f}x; compile {row['compiled_compile_s']:.1f} s, next trial"
+            f" {row['compiled_next_compile_s']:.1f} s); peer (bottom recomputed) {row['peer_img_per_s']:.0f}:"
+            f" {row['vs_peer']:.1f}x"
         )
-        h = train(emb, params, src, 2, device)[-1]  # the second epoch: warm
-        rows.append({"cut": cut, "input": list(shapes[cut]), "train_img_per_s": h["train_img_per_s"]})
     return {"backbone": backbone, "img_size": px, "rows": rows}
 
 
-def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = None) -> dict:
+def _partial_params(cut: int, margin: float) -> TrialParams:
+    return TrialParams(
+        margin, 16, 4, "euclidean", "distance-weighted", 1e-4, 0, train_blocks=cut, trunk_lr=1e-4, bn="frozen"
+    )
+
+
+def _top(model: torch.nn.Module, cut: int) -> torch.nn.Module:
+    from harness.models.partial import Top
+
+    top = Top(model, cut).to(memory_format=torch.channels_last)
+    return Embedder(top, EmbeddingHead(int(model.num_features), 0), layout=torch.channels_last)  # type: ignore[arg-type]
+
+
+def _peer_img_per_s(model: torch.nn.Module, cut: int, px: int, n: int, device: torch.device) -> float:
+    """One epoch (after a warm one) of the peer approach on ``n`` augmented images."""
+    images = np.random.default_rng(0).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(n // 4), 4)
+    src = ImageSource(images, labels, np.arange(n), px, (0.5,) * 3, (0.5,) * 3, device)
+    peer = Embedder(PeerModel(model, cut), EmbeddingHead(int(model.num_features), 0))  # type: ignore[arg-type]
+    return train(peer, _partial_params(cut, 0.2), src, 2, device)[-1]["train_img_per_s"]
+
+
+PARTS = ("steps", "trial", "frozen", "partial", "miners")
+
+
+def run_bench(
+    out_dir: Path, quick: bool = False, device: torch.device | None = None, parts: tuple[str, ...] = PARTS
+) -> dict:
+    """Every part (or those in ``parts``) on one device, then the JSON and Markdown summaries."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu = device.type == "cpu"
-    if quick:
-        steps, sizes, dims, compiles = [("test_efficientnet", 16, 64)], [64], [32], [False]
-    elif cpu:
-        steps, sizes, dims, compiles = [("efficientnet_lite0", 32, 128)], [128, 512], [128, 512], [False]
-    else:
-        steps = [
-            (b, n, 224)
-            for b in ("resnet50", "efficientnet_lite0", "vit_small_patch16_224")
-            for n in (128, 256)
-        ]
-        sizes, dims, compiles = [128, 512, 2048], [128, 512], [False, True]
-    iters = 3 if cpu else 20
     result: dict[str, Any] = {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -272,50 +320,106 @@ def run_bench(out_dir: Path, quick: bool = False, device: torch.device | None = 
         "frozen": None,
         "partial": None,
     }
-    for backbone, batch, size in steps:
-        for comp in compiles:
-            r = step_bench(backbone, batch, size, device, iters, comp)
-            result["steps"].append(r)
+    sizes = _sizes(device, quick)
+    if "steps" in parts:
+        result["steps"] = _steps(device, sizes)
+    if "trial" in parts:
+        result["trial"] = _trial(device, quick)
+        print(_trial_line(result["trial"]))
+    if "frozen" in parts and not quick:
+        result["frozen"] = frozen_bench(device)
+        print(f"frozen-trunk trials/min (CUB-sized features): {result['frozen']['trials_per_min']:.1f}")
+    if "partial" in parts:
+        quick_partial = {
+            "backbone": "test_efficientnet",
+            "px": 64,
+            "n": 256,
+            "cuts": (0, 1),
+            "peer_images": 64,
+            "compiled": False,
+        }
+        result["partial"] = partial_bench(device, **(quick_partial if quick else {}))  # type: ignore[arg-type]
+    if "miners" in parts:
+        result["miners"] = _miners(device, sizes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    which = "" if set(parts) == set(PARTS) else "-".join(parts) + "-"
+    stem = f"{device.type}-{'quick-' if quick else ''}{which}{datetime.now(timezone.utc):%Y%m%d}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{stem}.md").write_text(_markdown(result))
+    print(f"wrote {out_dir / stem}.json and .md")
+    return result
+
+
+def _sizes(device: torch.device, quick: bool) -> dict[str, Any]:
+    cpu = device.type == "cpu"
+    if quick:
+        return {
+            "steps": [("test_efficientnet", 16, 64)],
+            "sizes": [64],
+            "dims": [32],
+            "compiles": [False],
+            "iters": 3,
+        }
+    if cpu:
+        steps = [("efficientnet_lite0", 32, 128)]
+        return {"steps": steps, "sizes": [128, 512], "dims": [128, 512], "compiles": [False], "iters": 3}
+    steps = [
+        (b, n, 224) for b in ("resnet50", "efficientnet_lite0", "vit_small_patch16_224") for n in (128, 256)
+    ]
+    return {
+        "steps": steps,
+        "sizes": [128, 512, 2048],
+        "dims": [128, 512],
+        "compiles": [False, True],
+        "iters": 20,
+    }
+
+
+def _steps(device: torch.device, sizes: dict[str, Any]) -> list[dict]:
+    rows = []
+    for backbone, batch, size in sizes["steps"]:
+        for comp in sizes["compiles"]:
+            r = step_bench(backbone, batch, size, device, sizes["iters"], comp)
+            rows.append(r)
             mode = "compiled" if comp else "eager"
             print(
                 f"step  {backbone} B={batch} {size}px {mode}: raw {r['raw_img_per_s']:.1f}, harness "
                 f"{r['harness_img_per_s']:.1f} ({r['ratio']:.3f}x), PML {r['pml_img_per_s']:.1f} "
                 f"({r['pml_ratio']:.3f}x) img/s"
             )
+    return rows
+
+
+def _trial(device: torch.device, quick: bool) -> dict:
     if quick:
-        result["trial"] = trial_bench(device, "test_efficientnet", 64, 40, 32, 16)
-    else:
-        result["trial"] = trial_bench(
-            device,
-            "efficientnet_lite0",
-            512 if cpu else 5864,
-            146 if cpu else 256,
-            128 if cpu else 224,
-            32 if cpu else 256,
-        )
-        result["frozen"] = frozen_bench(device)
-        result["partial"] = partial_bench(device)
+        return trial_bench(device, "test_efficientnet", 64, 40, 32, 16)
+    cpu = device.type == "cpu"
+    return trial_bench(
+        device,
+        "efficientnet_lite0",
+        512 if cpu else 5864,
+        146 if cpu else 256,
+        128 if cpu else 224,
+        32 if cpu else 256,
+    )
+
+
+def _miners(device: torch.device, sizes: dict[str, Any]) -> list[dict]:
+    rows = []
     for name in online_miners():
-        for dim in dims:
-            for b in sizes:
-                r = miner_bench(name, b, dim, device, iters if b < 2048 else 5)
-                result["miners"].append(r)
+        for dim in sizes["dims"]:
+            for b in sizes["sizes"]:
+                r = miner_bench(name, b, dim, device, sizes["iters"] if b < 2048 else 5)
+                rows.append(r)
                 print(
                     f"miner {name:18s} B={b:5d} D={dim:4d} ours {r['ours_ms']:9.2f} ms  "
                     f"PML {r['pml_ms']:9.2f} ms  speed-up {r['speedup']:7.2f}x"
                 )
-    print(_trial_line(result["trial"]))
-    if result["partial"]:
-        for row in result["partial"]["rows"]:
-            print(f"partial trial, train_blocks {row['cut']}: {row['train_img_per_s']:.1f} train img/s")
-    if result["frozen"]:
-        print(f"frozen-trunk trials/min (CUB-sized features): {result['frozen']['trials_per_min']:.1f}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{device.type}-{'quick-' if quick else ''}{datetime.now(timezone.utc):%Y%m%d}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{stem}.md").write_text(_markdown(result))
-    print(f"wrote {out_dir / stem}.json and .md")
-    return result
+    return rows
+
+
+def _num(v: float, spec: str, suffix: str = "") -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:{spec}}{suffix}"
 
 
 def _mb(v: float | None) -> str:
@@ -327,22 +431,39 @@ def _row(*cells: object) -> str:
 
 
 def _markdown(r: dict) -> str:
+    lines = [f"# Bench on {r['device']} ({r['date']}, torch {r['torch']}, timm {r['timm']})", ""]
+    if r["steps"]:
+        lines += _steps_markdown(r["steps"])
+    if r["miners"]:
+        lines += _miners_markdown(r["miners"])
+    if r.get("trial"):
+        lines += ["", _trial_line(r["trial"])]
+    if r.get("partial"):
+        lines += _partial_markdown(r["partial"])
+    if r.get("frozen"):
+        f = r["frozen"]
+        lines += [
+            "",
+            f"Frozen trunk: {f['trials_per_min']:.1f} trials/min ({f['trials']} trials of "
+            f"{f['epochs']} epochs on CUB-sized 1280-d features).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _steps_markdown(steps: list[dict]) -> list[str]:
     lines = [
-        f"# Bench on {r['device']} ({r['date']}, torch {r['torch']}, timm {r['timm']})",
-        "",
         "Train step img/s (same inputs, same process): raw timm vs harness (own fused miner + loss) vs PML.",
         "",
         _row("backbone", "batch", "px", "mode", "raw", "harness", "harness / raw", "PML", "PML / raw"),
         _row(*["---"] * 9),
     ]
-    for s in r["steps"]:
-        mode = "compiled" if s["compiled"] else "eager"
+    for s in steps:
         lines.append(
             _row(
                 s["backbone"],
                 s["batch_size"],
                 s["img_size"],
-                mode,
+                "compiled" if s["compiled"] else "eager",
                 f"{s['raw_img_per_s']:.1f}",
                 f"{s['harness_img_per_s']:.1f}",
                 f"{s['ratio']:.3f}",
@@ -350,25 +471,19 @@ def _markdown(r: dict) -> str:
                 f"{s['pml_ratio']:.3f}",
             )
         )
-    lines += [
+    return lines
+
+
+def _miners_markdown(miners: list[dict]) -> list[str]:
+    head = ("miner", "PML reference", "B", "D", "ours ms", "PML ms", "PML miner only ms", "speed-up")
+    lines = [
         "",
         "Mining + loss forward: own (fused) vs PML miner + PML TripletMarginLoss.",
         "",
-        _row(
-            "miner",
-            "PML reference",
-            "B",
-            "D",
-            "ours ms",
-            "PML ms",
-            "PML miner only ms",
-            "speed-up",
-            "ours MB",
-            "PML MB",
-        ),
+        _row(*head, "ours MB", "PML MB"),
         _row(*["---"] * 10),
     ]
-    for m in r["miners"]:
+    for m in miners:
         lines.append(
             _row(
                 m["miner"],
@@ -383,24 +498,44 @@ def _markdown(r: dict) -> str:
                 _mb(m["pml_peak_mb"]),
             )
         )
-    lines += ["", _trial_line(r["trial"])]
-    if r.get("partial"):
-        p = r["partial"]
-        lines += [
-            "",
-            f"Partial fine-tuning ({p['backbone']} at {p['img_size']} px, from cached activations):",
-            "",
-        ]
-        lines += [_row("train_blocks", "input (C, H, W)", "train img/s"), _row("---", "---", "---")]
-        lines += [_row(x["cut"], tuple(x["input"]), f"{x['train_img_per_s']:.1f}") for x in p["rows"]]
-    if r["frozen"]:
-        f = r["frozen"]
-        lines += [
-            "",
-            f"Frozen trunk: {f['trials_per_min']:.1f} trials/min ({f['trials']} trials of "
-            f"{f['epochs']} epochs on CUB-sized 1280-d features).",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _partial_markdown(p: dict) -> list[str]:
+    lines = [
+        "",
+        f"Partial fine-tuning ({p['backbone']} at {p['img_size']} px): train img/s from the cached"
+        " activations, eager and compiled (compile time of a first trial and of the next trial with another"
+        " margin), against the peer approach that recomputes the frozen bottom on every augmented image.",
+        "",
+        _row(
+            "train_blocks",
+            "input",
+            "eager",
+            "compiled",
+            "compiled / eager",
+            "compile s",
+            "next s",
+            "peer",
+            "eager / peer",
+        ),
+        _row(*["---"] * 9),
+    ]
+    for x in p["rows"]:
+        lines.append(
+            _row(
+                x["cut"],
+                tuple(x["input"]),
+                f"{x['eager_img_per_s']:.0f}",
+                _num(x["compiled_img_per_s"], ".0f"),
+                _num(x["compiled_vs_eager"], ".2f", "x"),
+                _num(x["compiled_compile_s"], ".1f"),
+                _num(x["compiled_next_compile_s"], ".1f"),
+                f"{x['peer_img_per_s']:.0f}",
+                f"{x['vs_peer']:.1f}x",
+            )
+        )
+    return lines
 
 
 def _trial_line(t: dict) -> str:

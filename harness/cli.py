@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError, failure
 from harness.pipeline import setup_logging
 
 log = logging.getLogger("harness")
@@ -171,9 +171,9 @@ def _study_config_path(name: str) -> Path:
 
 def cmd_bench(a: argparse.Namespace) -> None:
     _threads(a.threads)
-    from harness.bench import run_bench
+    from harness.bench import PARTS, run_bench
 
-    run_bench(out_dir=Path(a.out), quick=a.quick)
+    run_bench(out_dir=Path(a.out), quick=a.quick, parts=tuple(a.part or PARTS))
 
 
 def cmd_schema(a: argparse.Namespace) -> None:
@@ -280,6 +280,12 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     b = sub.add_parser("bench", help="throughput: raw timm step vs harness step, own vs PML miners")
     b.add_argument("--out", default="bench/results")
     b.add_argument("--quick", action="store_true", help="smallest sizes only")
+    b.add_argument(
+        "--part",
+        action="append",
+        choices=("steps", "trial", "frozen", "partial", "miners"),
+        help="run only this part (repeatable; default: all)",
+    )
     b.set_defaults(func=cmd_bench)
     sc = sub.add_parser("schema", help="print the study config's JSON schema (for an editor's YAML support)")
     sc.set_defaults(func=cmd_schema)
@@ -290,35 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose)
     try:
         args.func(args)
-    except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # the reader went away (harness schema | head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # disk full, read-only or vanished files in the middle of a run
-        where = f" {e.filename}" if e.filename else ""
-        print(
-            f"error: cannot access{where}: {e.strerror or e}; check free space and permissions, then rerun"
-            " (finished trials are kept; a killed trial resumes from its checkpoint)",
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as e:  # a bug, or a failure of a library: one line, the traceback with -v
-        log.debug("traceback", exc_info=True)
-        first = first_line(e)
-        print(
-            f"error: unexpected {type(e).__name__}{f': {first}' if first else ''}"
-            f"{'' if args.verbose else ' (rerun with -v for the traceback)'}",
-            file=sys.stderr,
-        )
-        return 1
+    except (Exception, KeyboardInterrupt) as e:
+        code, line = failure(e, args.verbose)
+        if code == 1:
+            log.debug("traceback", exc_info=True)
+        print(line, file=sys.stderr)
+        return code
     return 0
 
 

@@ -34,3 +34,21 @@ def redact_url(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in creds else url
     return url
+
+
+def failure(e: BaseException, verbose: bool = False) -> tuple[int, str]:
+    """The exit code and the one line a command (CLI or pipeline rule) ends with for ``e``: a problem
+    the user can fix is 2, Ctrl-C or SIGTERM 130, anything unexpected 1 (its traceback with -v)."""
+    if isinstance(e, HarnessError):
+        return 2, f"error: {e}"
+    if isinstance(e, OSError):  # disk full, read-only or vanished files in the middle of a run
+        where = f" {e.filename}" if e.filename else ""
+        return 2, (
+            f"error: cannot access{where}: {e.strerror or e}; check free space and permissions, then rerun"
+            " (finished trials are kept; a killed trial resumes from its checkpoint)"
+        )
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on"
+    first = first_line(e)
+    hint = "" if verbose else " (rerun with -v for the traceback)"
+    return 1, f"error: unexpected {type(e).__name__}{f': {first}' if first else ''}{hint}"

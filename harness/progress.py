@@ -44,6 +44,11 @@ class Progress:
         else:
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             tail = f"ETA {duration(eta)}" if eta == eta else "ETA unknown"
-        speed = f"{rate:,.1f} {self.unit}/s" if rate < 100 else f"{rate:,.0f} {self.unit}/s"
+        if rate >= 100:
+            speed = f"{rate:,.0f} {self.unit}/s"
+        elif rate >= 1 or rate == 0:
+            speed = f"{rate:,.1f} {self.unit}/s"
+        else:  # runs of minutes: "0.0 runs/s" says nothing, the time per run does
+            speed = f"{duration(1 / rate)} per {self.unit.removesuffix('s')}"
         extra = f"; {note}" if note else ""
         return f"{self.what}: {self.done:,}/{self.total:,} {self.unit}{share}, {speed}, {tail}{extra}"

@@ -25,8 +25,11 @@ def test_quick_bench_writes_ratios(tmp_path: Path) -> None:
     for m in stored["miners"]:
         assert abs(m["speedup"] - m["pml_ms"] / m["ours_ms"]) < 1e-9
     table = next(tmp_path.glob("*.md")).read_text()
-    assert table.count("\n| ") == len(result["steps"]) + len(result["miners"]) + 4  # + 2 header rows each
+    n_rows = len(result["steps"]) + len(result["miners"]) + len(result["partial"]["rows"])
+    assert table.count("\n| ") == n_rows + 6  # + 2 header rows each
     assert "loader stall" in table
+    for row in stored["partial"]["rows"]:  # the cached top against the peer that recomputes the bottom
+        assert abs(row["vs_peer"] - row["eager_img_per_s"] / row["peer_img_per_s"]) < 1e-9
 
 
 def test_partial_bench_times_a_trial_per_cut() -> None:
@@ -34,6 +37,8 @@ def test_partial_bench_times_a_trial_per_cut() -> None:
 
     from harness.bench import partial_bench
 
-    r = partial_bench(torch.device("cpu"), backbone="test_efficientnet", px=64, n=64)
+    r = partial_bench(
+        torch.device("cpu"), backbone="test_efficientnet", px=64, n=64, peer_images=64, compiled=False
+    )
     assert [row["cut"] for row in r["rows"]] == [0, 1, 2]
-    assert all(row["train_img_per_s"] > 0 for row in r["rows"])
+    assert all(row["eager_img_per_s"] > 0 and row["peer_img_per_s"] > 0 for row in r["rows"])

@@ -1,6 +1,6 @@
 """The package's dependency order (README "Layout"): data → models → mining/losses → evaluation →
 training → tracking → study → report. No module imports a later layer, lazily inside a function
-included; the shared helpers (errors, registry, params, progress, pipeline) import no layer at all."""
+included; the shared helpers (errors, registry, params, pglock, progress, pipeline) import no layer at all."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ LAYER = {
     "study": 6,
     "report": 7,
 }
-HELPERS = {"errors", "registry", "params", "progress", "pipeline"}
+HELPERS = {"errors", "registry", "params", "pglock", "progress", "pipeline"}
 
 
 def harness_imports(path: Path) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
@@ -55,11 +57,23 @@ def test_throughput_cells_sit_on_their_strategy_and_batch() -> None:
     assert sum(bool(t) for t in texts.values()) == 5  # no bar for a combination that never ran
 
 
-def test_throughput_leaves_out_trials_measured_under_contention() -> None:
+def _cells(fig: F.Figure) -> dict[tuple[float, float], str]:
+    ax = fig.axes[0]
+    return {(round(t.get_position()[0], 1), round(t.get_position()[1], 1)): t.get_text() for t in ax.texts}
+
+
+def test_throughput_marks_what_was_measured_under_contention() -> None:
+    """A trial that ran beside other work is left out of its cell's mean; a cell of only such trials
+    shows their mean marked, so a busy machine never loses the figure (issue #16, item 7)."""
     df = done_frame()
-    df["contended"] = [False, False, False, True, False]
-    fig = F.throughput(df)
-    assert "batch-hard" not in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    extra = df.iloc[[0]].assign(number=5, train_img_per_s=300.0)  # semihard 8×4 again, measured busy
+    df = pd.concat([df, extra], ignore_index=True)
+    df["contended"] = [False, False, False, True, False, True]
+    cells = _cells(F.throughput(df))
+    assert cells[(3.5, 0.5)] == "2,000\n(n=1, under load)"  # batch-hard: its only trial ran busy
+    assert cells[(1.5, 2.5)] == "900\n(n=2, 1 under load left out)"  # semihard 8×4: the clean mean
+    df["contended"] = True  # everything measured on a loaded machine: the figure is still drawn
+    assert all("under load" in t for t in _cells(F.throughput(df)).values() if t)
 
 
 def test_mining_distance_points_keep_their_distance_colour_and_the_legend_matches() -> None:
@@ -192,5 +206,30 @@ def test_headline_without_an_evaluation_of_this_incarnation() -> None:
     class D:
         test = None
         comparisons = None
+        trials = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE", "FAIL"]})
 
     assert "No final evaluation" in _headline(D())  # type: ignore[arg-type]
+
+
+def test_headline_of_a_study_whose_trials_all_failed_does_not_send_to_evaluate() -> None:
+    """Issue #16, item 17: 'run harness evaluate' would fail on such a study."""
+
+    class D:
+        test = None
+        comparisons = None
+        trials = pd.DataFrame({"number": [0, 1], "state": ["FAIL", "FAIL"]})
+
+        class cfg:  # noqa: N801
+            study_dir = Path("results/x")
+
+    text = _headline(D())  # type: ignore[arg-type]
+    assert "No trial completed (2 failed" in text and "harness evaluate" not in text and "error.txt" in text
+
+
+def test_strategy_table_of_trials_that_never_reached_an_epoch_has_no_throughput() -> None:
+    """Issue #16, item 17: the trial count was written into mean_train_img_per_s."""
+    df = pd.DataFrame(
+        {"number": [0, 1, 2], "mining": ["semihard"] * 3, "state": ["FAIL"] * 3, "best_val_r1": [np.nan] * 3}
+    )
+    table = strategy_table(df)
+    assert table["failed"].tolist() == [3] and table["mean_train_img_per_s"].isna().all()

@@ -119,8 +119,8 @@ def load_data(cfg: StudyConfig) -> StudyData:
         n, cpus = int(df["contended"].sum()), int(df["host_cpus"].max())
         notes.append(
             f"{n} of {len(df)} trials ran while the host's load exceeded its {cpus} CPUs (other work"
-            " competed): their throughput is drawn hollow in the Pareto front and left out of the"
-            " throughput chart"
+            " competed): their throughput is drawn hollow in the Pareto front, and the throughput chart"
+            " leaves them out of each cell's mean (a cell with no other trial shows theirs, marked)"
         )
     return StudyData(cfg, study, df, curves_frame(df), test, comp, notes)
 
@@ -218,7 +218,7 @@ def strategy_table(df: pd.DataFrame) -> pd.DataFrame:
             median_val_r1=("best_val_r1", "median"),
             mean_train_img_per_s=("train_img_per_s", "mean")
             if "train_img_per_s" in df
-            else ("value", "size"),
+            else ("number", lambda s: math.nan),  # no trial got as far as an epoch
         )
         .reset_index()
         .sort_values("best_val_r1", ascending=False)
@@ -240,9 +240,9 @@ def equal_compute_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, float]:
         .reset_index()
     )
     out["best val R@1 overall"] = out["mining"].map(curves.groupby("mining")["val_recall@1"].max())
-    out["images to best overall"] = out["mining"].map(
-        curves.loc[curves.groupby("mining")["val_recall@1"].idxmax()].set_index("mining")["images_processed"]
-    )
+    best = curves.groupby("mining")["val_recall@1"].transform("max")
+    at_best = curves[curves["val_recall@1"] == best]  # ties: the fewest images that reached it
+    out["images to best overall"] = out["mining"].map(at_best.groupby("mining")["images_processed"].min())
     return out.sort_values("best val R@1 at budget", ascending=False), budget
 
 
@@ -319,6 +319,13 @@ def _headline(d: StudyData) -> str:
     """The sentence a reader wants: the best config's test R@1 with its interval, against the baseline."""
     test, comp = d.test, d.comparisons
     if test is None or comp is None:
+        if not (d.trials["state"] == "COMPLETE").any():
+            failed = d.trials[d.trials["state"] == "FAIL"]["number"].tolist()
+            where = f"; see {d.cfg.study_dir / 'trials'}/&lt;n&gt;/error.txt for why" if failed else ""
+            return (
+                f"No trial completed ({len(failed)} failed{where}): there is nothing to evaluate yet. Fix the"
+                " cause, then run the study again."
+            )
         return "No final evaluation yet: run <code>harness evaluate</code>."
     best = test[test["kind"] == "top"].iloc[0]
     base = test[test["kind"] == "baseline"].iloc[0]

@@ -204,15 +204,17 @@ def budget_table(arms: pd.DataFrame) -> pd.DataFrame:
 def rank_frame(data: list[ComparisonData]) -> pd.DataFrame:
     """Each arm's test R@1 and its rank (1 = best) per dataset; the mean rank over datasets."""
     rows = []
+    datasets = [d.cfg.dataset for d in data]
     for d in data:
         if d.test is None:
             continue
+        label = d.cfg.dataset if datasets.count(d.cfg.dataset) == 1 else f"{d.cfg.dataset} ({d.cfg.name})"
         arms = d.test[d.test["kind"] == "arm"].copy()
         arms["rank"] = arms["test_recall@1"].rank(ascending=False, method="min")
         for _, r in arms.iterrows():
             rows.append(
                 {
-                    "dataset": d.cfg.dataset,
+                    "dataset": label,
                     "study": d.cfg.name,
                     "arm": r["config"],
                     "rank": r["rank"],

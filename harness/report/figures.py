@@ -105,34 +105,50 @@ def r1_vs_batch(done: pd.DataFrame) -> Figure | None:
 
 def throughput(scored: pd.DataFrame) -> Figure | None:
     """Mean train images/s per mining (rows) x batch P×K (columns), the number in each cell: no bar
-    drifts from its label, and an empty cell is a combination no trial ran. Trials measured under
-    contention (host load above its CPUs) are left out."""
+    drifts from its label, and an empty cell is a combination no trial ran. Each cell's mean is over
+    its trials measured without contention (host load within its CPUs); a cell whose every trial ran
+    beside other work still shows their mean, marked "under load", so a busy machine never loses the
+    figure, and its numbers are never passed off as clean."""
     if scored.empty or "train_img_per_s" not in scored or "mining" not in scored:
         return None
-    d = scored.dropna(subset=["train_img_per_s"])
-    if "contended" in d:
-        d = d[~d["contended"].fillna(False).astype(bool)]
+    d = scored.dropna(subset=["train_img_per_s"]).copy()
     if d.empty:
         return None
-    cols = "batch" if "batch" in d else None
-    if cols is None:
+    d["loaded"] = d["contended"].fillna(False).astype(bool) if "contended" in d else False
+    if "batch" not in d:
         d = d.assign(batch="all")
-        cols = "batch"
     order = (
         d.sort_values(["batch_size", "batch_p"])["batch"].unique()
         if "batch_size" in d
         else sorted(d["batch"].unique())
     )
-    grid = d.pivot_table(index="mining", columns=cols, values="train_img_per_s", aggfunc="mean")
-    grid = grid.reindex(columns=[c for c in order if c in grid.columns]).sort_index()
-    counts = d.pivot_table(index="mining", columns=cols, values="train_img_per_s", aggfunc="count")
-    counts = counts.reindex(index=grid.index, columns=grid.columns)
+    clean = d[~d["loaded"]]
+    table = dict(index="mining", columns="batch", values="train_img_per_s")
+    all_mean = d.pivot_table(**table, aggfunc="mean")
+    grid = all_mean.copy()
+    if not clean.empty:
+        grid = clean.pivot_table(**table, aggfunc="mean").reindex(index=grid.index, columns=grid.columns)
+    columns = [c for c in order if c in grid.columns]
+    grid, all_mean = (
+        grid.reindex(columns=columns).sort_index(),
+        all_mean.reindex(columns=columns).sort_index(),
+    )
+    counts = d.pivot_table(**table, aggfunc="count").reindex(index=grid.index, columns=grid.columns)
+    loaded = d.pivot_table(index="mining", columns="batch", values="loaded", aggfunc="sum")
+    loaded = loaded.reindex(index=grid.index, columns=grid.columns).fillna(0)
     labels = grid.copy().astype(object)
     for i in grid.index:
         for c in grid.columns:
-            v, n = grid.loc[i, c], counts.loc[i, c]
-            labels.loc[i, c] = "" if pd.isna(v) else f"{v:,.0f}\n(n={int(n)})"
-    fig, ax = plt.subplots(figsize=(1.3 * len(grid.columns) + 3, 0.55 * len(grid) + 1.5))
+            n, hot = counts.loc[i, c], int(loaded.loc[i, c])
+            if pd.isna(n):
+                labels.loc[i, c] = ""
+            elif hot == n:  # every trial of the cell ran under load: their mean, marked
+                grid.loc[i, c] = all_mean.loc[i, c]
+                labels.loc[i, c] = f"{all_mean.loc[i, c]:,.0f}\n(n={int(n)}, under load)"
+            else:
+                busy = f", {hot} under load left out" if hot else ""
+                labels.loc[i, c] = f"{grid.loc[i, c]:,.0f}\n(n={int(n)}{busy})"
+    fig, ax = plt.subplots(figsize=(1.5 * len(grid.columns) + 3, 0.6 * len(grid) + 1.5))
     sns.heatmap(
         grid,
         annot=labels.to_numpy(),

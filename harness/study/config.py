@@ -180,6 +180,7 @@ class SearchSpace:
 # --- the config ------------------------------------------------------------------------------------
 
 MANIFEST = "split_manifest.json"
+TRACKING_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql", "http://", "https://")
 ARM_NAME = re.compile(
     r"[A-Za-z0-9_.-]+"
 )  # a study's split manifest, in its folder (and as an MLflow artifact)
@@ -499,6 +500,13 @@ def _check_sections(raw: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: cache_size {raw['cache_size']} < image_size {raw['image_size']}; the cache must"
             " hold the crop: raise cache_size or leave it null"
+        )
+    uri = raw["mlflow_uri"]
+    if uri is not None and not uri.startswith(TRACKING_SCHEMES):
+        raise ConfigError(
+            f"{source}: mlflow_uri: {uri!r} is not a tracking store the harness can write to (MLflow 3's"
+            " file store is in maintenance mode and refuses new runs); use sqlite:///PATH/mlflow.db,"
+            " postgresql://..., an http(s):// tracking server, or null for results/mlflow.db"
         )
     if float(raw["evaluate"]["reference_margin"]) <= 0:
         raise ConfigError(

@@ -25,6 +25,7 @@ Every file carries the ``study_uid`` of the study incarnation it belongs to.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -57,11 +58,12 @@ from harness.study.data import (
     prepare,
     resolve_device,
 )
-from harness.study.identity import check_writable, load_study, study_uid, tracker_for
+from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
 from harness.study.trunks import TrunkPool
 from harness.training import Source, evaluate_source, train
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("harness.progress")
 BASELINE = "baseline (no triplet training)"
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 PER_QUERY = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision")
@@ -218,7 +220,7 @@ class Evaluator:
             lambda cut: final_sources(self.prep, self.device, cfg.evaluate.seed, cut)
         )
         self.tracker = tracker_for(cfg)
-        self.parent = self.tracker.parent_run(cfg.name, self.uid, cfg.to_dict())
+        self.parent = parent_run(cfg, self.study, self.tracker)
         self._pool: TrunkPool | None = None
         self.mode = compile_mode(cfg, self.device)
         self.dir = cfg.study_dir / "evaluation"
@@ -385,7 +387,9 @@ def _check_data(cfg: StudyConfig, prep: Prepared, study: optuna.Study, searched:
 
 def run_units(cfg: StudyConfig, keys: list[str], ev: Evaluator | None = None) -> dict[str, tuple[dict, dict]]:
     """Run the given units, unless a stored result is already that unit (a rerun after Ctrl-C, or
-    another shard): one Snakemake job runs a shard of them, ``evaluate_study`` the rest."""
+    another shard): one Snakemake job runs a shard of them, ``evaluate_study`` the rest. Each unit is
+    claimed (a lock file beside its result) while it runs, so two evaluations at once never train it
+    twice: the second waits, then reuses the first's result."""
     ev = ev or Evaluator(cfg)
     known = evaluation_units(cfg)
     unknown = [k for k in keys if k not in known]
@@ -401,17 +405,39 @@ def run_units(cfg: StudyConfig, keys: list[str], ev: Evaluator | None = None) ->
             todo.append(u)
         else:
             results[u.key] = got
+    what = f"evaluate {cfg.name}"
     if results:
-        log.info("evaluate %s: %d of %d runs already done, reused", cfg.name, len(results), len(chosen))
-    progress = Progress(f"evaluate {cfg.name}", len(todo), "runs", every=0)
-    for u in todo:
+        progress_log.info("%s: %d of %d runs already done, reused", what, len(results), len(chosen))
+    if not todo:
+        return results
+    # the baseline embeds once and takes seconds; the trained runs set the pace (and the ETA)
+    base = [u for u in todo if u.params is None]
+    for u in base:
+        results[u.key] = _claimed(ev, u)
+        progress_log.info("%s: the baseline: test R@1 %.4f", what, results[u.key][0]["test_recall@1"])
+    trained = [u for u in todo if u.params is not None]
+    progress = Progress(what, len(trained), "runs", every=0)
+    for u in trained:
         t0 = time.perf_counter()
-        results[u.key] = ev.run(u)
+        results[u.key] = _claimed(ev, u)
         r1 = results[u.key][0]["test_recall@1"]
-        seed = f", seed {u.seed}" if u.params is not None else ""
         took = duration(time.perf_counter() - t0)
-        progress.update(note=f"{u.key}: {u.label}{seed}: test R@1 {r1:.4f} in {took}")
+        progress.update(note=f"{u.key}: {u.label}, seed {u.seed}: test R@1 {r1:.4f} in {took}")
     return results
+
+
+def _claimed(ev: Evaluator, unit: Unit) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run ``unit`` holding its claim; a result another process stored meanwhile is reused."""
+    path = ev.path(unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as claim:
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("evaluation run %s is being run by another process; waiting for it", unit.key)
+            fcntl.flock(claim, fcntl.LOCK_EX)
+        got = ev.stored(unit)
+        return got if got is not None else ev.run(unit)
 
 
 def evaluate_shard(cfg: StudyConfig, shard: int) -> None:

@@ -4,18 +4,21 @@ the report need of a study, without the worker machinery (signals, sweeps, the t
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 import optuna
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, redact_url
 from harness.study.config import StudyConfig
 from harness.study.guard import changed_error
 from harness.study.sampler import make_sampler
 from harness.study.storage import StaleCallback, open_storage
 from harness.tracking import Tracker
 from harness.tracking.mlflow_tracker import sqlite_path
+
+log = logging.getLogger(__name__)
 
 
 def storage_for(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optuna.storages.BaseStorage:
@@ -89,3 +92,21 @@ def check_writable(cfg: StudyConfig) -> None:
                 f"cannot write to {d}: {e.strerror or e}; make the results directory writable and check"
                 " it has free space (results_dir in the study config moves it)"
             ) from None
+
+
+def parent_run(cfg: StudyConfig, study: optuna.Study, tracker: Tracker) -> str:
+    """The study's MLflow parent run; a warning when it had to be created for a study that already
+    has finished trials: their runs are gone from this tracking store (a deleted or replaced
+    mlflow.db), though the Optuna study and every result file are intact."""
+    run = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if tracker.created_parent and finished:
+        log.warning(
+            "MLflow store %s held no run of study %s, which has %d finished trials: their runs are gone"
+            " from tracking (was mlflow.db deleted or replaced?); new runs go under a new parent run,"
+            " and the Optuna study and the result files are intact",
+            redact_url(cfg.tracking_uri),
+            cfg.name,
+            len(finished),
+        )
+    return run

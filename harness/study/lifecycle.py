@@ -28,6 +28,7 @@ from harness.study.identity import (
     study_uid,
     tracker_for,
 )
+from harness.study.presence import describe_live
 from harness.study.storage import budget_lock, open_storage
 from harness.study.sweep import sweep
 
@@ -142,7 +143,11 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
 
 
 def _deletable(cfg: StudyConfig, study: optuna.Study, force: bool) -> int:
-    """Refuse while a trial runs, or (without ``force``) when trials finished; their count."""
+    """Refuse while a worker of the study is alive (even one still loading its data) or a trial runs,
+    or (without ``force``) when trials finished; their count."""
+    live = describe_live(cfg)
+    if live:
+        raise HarnessError(f"study {cfg.name!r}: {live}, then delete it")
     sweep(study)  # a trial whose worker is gone is not "running"
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running:

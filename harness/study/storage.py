@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,14 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import HarnessError, first_line, redact_url
+from harness.pglock import AdvisoryLock, advisory_lock, is_postgresql
 from harness.pipeline import route_optuna_logging
 from harness.study.optuna_api import BaseHeartbeat, journal_lock, journal_path, trial_id
 
 log = logging.getLogger(__name__)
 route_optuna_logging()
 
+OPTUNA_SCHEMA_LOCK = "harness-optuna-schema"  # the advisory lock around Optuna's table creation
 HEARTBEAT_ATTR = "harness.heartbeat"  # [trial_id, unix time]
 OWNER_ATTR = "harness.owner"  # {"trial_id", "host", "pid", "pid_start"}
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -318,8 +320,11 @@ def open_storage(
                 f"cannot open the study journal {path}: {e.strerror or e}; check that the results"
                 " directory exists, is writable and has free space"
             ) from None
+    if url.startswith("sqlite:///"):  # its folder may not exist yet (a fresh results directory)
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    schema = advisory_lock(url, OPTUNA_SCHEMA_LOCK, "Optuna storage") if is_postgresql(url) else nullcontext()
     try:
-        with warnings.catch_warnings():
+        with schema, warnings.catch_warnings():  # its tables are created once, by one process at a time
             warnings.filterwarnings(
                 "ignore", "Argument ``(heartbeat_interval|grace_period)``", ExperimentalWarning
             )
@@ -330,6 +335,8 @@ def open_storage(
                 heartbeat_stale_trial_callback=on_stale,
                 engine_kwargs=_engine_kwargs(url),
             )
+    except HarnessError:
+        raise
     except Exception as e:
         first = first_line(e, type(e).__name__)
         raise HarnessError(
@@ -355,18 +362,11 @@ class BudgetLock:
     def __init__(self, url: str, study: str) -> None:
         self.url, self.study = url, study
         self._file: Any = None
-        self._conn: Any = None
-        self._key = int.from_bytes(
-            hashlib.sha256(f"harness-budget:{study}".encode()).digest()[:8], "big", signed=True
-        )
+        self._pg: AdvisoryLock | None = None
         if url.startswith("journal:"):
             self._file = open(url.removeprefix("journal:") + ".budget.lock", "a")  # noqa: SIM115
-        elif url.startswith("postgresql"):
-            import psycopg2
-
-            dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
-            self._conn = psycopg2.connect(dsn, connect_timeout=10)
-            self._conn.autocommit = True
+        elif is_postgresql(url):
+            self._pg = AdvisoryLock(url, f"harness-budget:{study}", "Optuna storage")
         else:
             log.warning(
                 "storage %s: no cross-worker lock; the budget may overshoot by workers - 1 trials",
@@ -376,23 +376,21 @@ class BudgetLock:
     def __enter__(self) -> BudgetLock:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_EX)
-        elif self._conn is not None:
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        elif self._pg is not None:
+            self._pg.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
-        elif self._conn is not None:
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        elif self._pg is not None:
+            self._pg.release()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-        if self._conn is not None:
-            self._conn.close()  # a dead worker's connection drops, and PostgreSQL frees its lock
+        if self._pg is not None:
+            self._pg.close()  # a dead worker's connection drops, and PostgreSQL frees its lock
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.study.config import StudyConfig
 from harness.study.identity import study_uid, tracker_for
 from harness.study.optuna_api import RETRY_HISTORY
+from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "harness.interrupted"  # user attr: the trial stopped for a reason outside it
@@ -88,3 +89,24 @@ def orphans(
         and t.number not in retried
         and len(t.system_attrs.get(RETRY_HISTORY, [])) < max_retry
     ]
+
+
+MLFLOW_STATUS = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL"}
+
+
+def reconcile_runs(study: optuna.Study, tracker: Tracker, parent: str) -> int:
+    """End the MLflow runs left RUNNING for trials that are over (their worker could not write the
+    end: a full disk, a lost tracking server), in the state Optuna records; returns how many."""
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    ended = 0
+    for run in tracker.runs(parent, phase="hpo"):
+        if run.info.status != "RUNNING":
+            continue
+        number = int(run.data.tags.get("harness.trial", -1))
+        state = states.get(number)
+        if state in MLFLOW_STATUS:
+            tracker.end(run.info.run_id, MLFLOW_STATUS[state])
+            ended += 1
+    if ended:
+        log.warning("%d MLflow run(s) of trials that ended were still RUNNING; ended as their trials", ended)
+    return ended

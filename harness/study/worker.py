@@ -26,18 +26,21 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import HarnessError
+from harness.progress import duration
 from harness.study.config import StudyConfig
 from harness.study.data import prepare, resolve_device
 from harness.study.failures import WorkerStopped, describe, resource_error
-from harness.study.identity import check_writable, load_study, study_uid, tracker_for
+from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
 from harness.study.objective import Objective
 from harness.study.optuna_api import heartbeat
+from harness.study.presence import registered
 from harness.study.signals import Interrupted, Signals, signal_name
 from harness.study.storage import BudgetLock, budget_lock
-from harness.study.sweep import INTERRUPTED, StaleTrialHandler, orphans, sweep
+from harness.study.sweep import INTERRUPTED, StaleTrialHandler, orphans, reconcile_runs, sweep
 from harness.training.trainer import cpus_available
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("harness.progress")
 
 
 def counts(study: optuna.Study) -> Counter:
@@ -61,10 +64,24 @@ def diverged(study: optuna.Study) -> list[FrozenTrial]:
 
 def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
     """Run trials until the study (all workers together) has ``budget.n_trials`` finished ones."""
+    try:
+        return _run_worker(cfg, worker)
+    except FileNotFoundError:
+        journal = Path(cfg.storage_url.removeprefix("journal:"))
+        if cfg.storage_url.startswith("journal:") and not journal.exists():
+            raise HarnessError(
+                f"study {cfg.name!r} was set aside (harness study delete) while worker {worker} started:"
+                f" its journal {journal} is gone; nothing was lost (see {cfg.study_dir / 'attic'}/), and"
+                " a rerun starts the study afresh"
+            ) from None
+        raise
+
+
+def _run_worker(cfg: StudyConfig, worker: int) -> int:
     n_trials = cfg.budget.n_trials or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, on_stale=StaleTrialHandler(cfg))
     check_writable(cfg)
-    with budget_lock(cfg.storage_url, cfg.name) as lock:
+    with registered(cfg), budget_lock(cfg.storage_url, cfg.name) as lock:
         with lock:
             sweep(study, cfg)
         if finished(study) >= n_trials and not counts(study)[TrialState.WAITING]:
@@ -73,7 +90,8 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
         device = resolve_device(cfg.device)
         prep = prepare(cfg, device)
         tracker = tracker_for(cfg)
-        parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
+        parent = parent_run(cfg, study, tracker)
+        reconcile_runs(study, tracker, parent)
         objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
         with Signals() as signals:
             try:
@@ -199,6 +217,7 @@ def _loop(
             signals.interruptible = False
             continue
         waited = False
+        _announce(cfg, study, trial, n_trials)
         _run_trial(study, trial, objective, signals)  # a signal pending since the ask stops it there
         ran += 1
         fails = diverged(study)
@@ -209,6 +228,31 @@ def _loop(
             )
     log.info("worker %d ran %d trials in %.1f s", worker, ran, time.perf_counter() - before)
     return ran
+
+
+def _announce(cfg: StudyConfig, study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
+    """A console line when a trial starts: which of the budget it is, and when the study should end
+    (the mean time of its finished trials, times what is left, over the trials running now)."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    spent = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in done
+        if t.datetime_complete and t.datetime_start
+    ]
+    left = n_trials - len(done)
+    eta = f"; study ETA {duration(sum(spent) / len(spent) * left / max(running, 1))}" if spent else ""
+    budget = f" of {n_trials}" if n_trials < 10**9 else ""
+    progress_log.info(
+        "%s: trial %d starts (%d%s taken, %d finished)%s",
+        cfg.name,
+        trial.number,
+        len(done) + running,
+        budget,
+        len(done),
+        eta,
+    )
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, signals: Signals) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -26,17 +25,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError, first_line, redact_url
+from harness.pglock import advisory_lock, is_postgresql
+from harness.pipeline import quiet_libraries
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+if not logging.getLogger().isEnabledFor(logging.DEBUG):  # -v keeps MLflow's tracebacks
+    quiet_libraries()  # MLflow installed its own stderr handler on import
 
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-# The PostgreSQL advisory-lock key every harness process uses while MLflow creates its schema.
-SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"harness-mlflow-schema").digest()[:8], "big", signed=True)
+# The PostgreSQL advisory lock every harness process takes while MLflow creates its schema.
+SCHEMA_LOCK = "harness-mlflow-schema"
 
 
 @contextlib.contextmanager
@@ -58,25 +61,9 @@ def schema_lock(tracking_uri: str) -> Iterator[None]:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-    elif tracking_uri.startswith("postgresql"):
-        import psycopg2
-
-        dsn = "postgresql://" + tracking_uri.split("://", 1)[1]  # postgresql+psycopg2:// is SQLAlchemy's
-        try:
-            conn = psycopg2.connect(dsn, connect_timeout=10)
-        except psycopg2.Error as e:
-            first = first_line(e, type(e).__name__)
-            raise HarnessError(
-                f"MLflow tracking store {redact_url(tracking_uri)}: {first}; check the URL, that the"
-                " server is up and that the database exists"
-            ) from None
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+    elif is_postgresql(tracking_uri):
+        with advisory_lock(tracking_uri, SCHEMA_LOCK, "MLflow tracking store"):
             yield
-        finally:
-            conn.close()  # ends the session, which releases its advisory lock
     else:
         yield
 
@@ -125,8 +112,30 @@ def check_schema(db: Path) -> None:
     )
 
 
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """An MLflow server URL must answer its health check now, not after minutes of client retries."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): reachable
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        raise HarnessError(
+            f"MLflow tracking server {redact_url(tracking_uri)} does not answer ({why}); start it, check"
+            " mlflow_uri, or set mlflow_uri: null to track in results/mlflow.db"
+        ) from None
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+        check_reachable(tracking_uri)
+        self.created_parent = False  # set when parent_run had to create a study's parent run
         db = sqlite_path(tracking_uri)
         with schema_lock(tracking_uri):
             if db is not None:
@@ -169,6 +178,7 @@ class Tracker:
             tags = {"harness.kind": "study", "harness.study": study, "harness.uid": uid}
             run = self.client.create_run(self.experiment_id, run_name=f"study-{study}", tags=tags)
             run_id = run.info.run_id
+            self.created_parent = True
             self.log_params(run_id, _flatten(config))
         return run_id
 

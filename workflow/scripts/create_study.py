@@ -1,7 +1,6 @@
-# Create the Optuna study and the MLflow parent run once, before the workers fan out.
-from harness.pipeline import rule_logging
+# Create the Optuna study (a comparison: and each arm's) and the MLflow parent run, before workers fan out.
+from harness.pipeline import run_rule
 from harness.study.config import load_config
 from harness.study.lifecycle import create
 
-rule_logging(snakemake.log[0])  # noqa: F821
-create(load_config(snakemake.input.config))  # noqa: F821
+run_rule(snakemake, lambda: create(load_config(snakemake.input.config)))  # noqa: F821

@@ -2,9 +2,9 @@
 # the stored study would refuse is refused here, before anything is overwritten.
 from pathlib import Path
 
-from harness.pipeline import rule_logging
+from harness.pipeline import run_rule
 from harness.study.config import parse_config
 from harness.study.lifecycle import freeze
 
-rule_logging(snakemake.log[0])  # noqa: F821
-freeze(parse_config(snakemake.params.cfg), Path(snakemake.output[0]))  # noqa: F821
+out = Path(snakemake.output[0])  # noqa: F821
+run_rule(snakemake, lambda: freeze(parse_config(snakemake.params.cfg), out))  # noqa: F821

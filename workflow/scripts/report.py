@@ -1,7 +1,6 @@
-# Build the study's HTML comparison report (and log it to MLflow).
-from harness.pipeline import rule_logging
+# Build the study's HTML report (and log it to MLflow).
+from harness.pipeline import run_rule
 from harness.report import build_report
 from harness.study.config import load_config
 
-rule_logging(snakemake.log[0])  # noqa: F821
-build_report(load_config(snakemake.input.config))  # noqa: F821
+run_rule(snakemake, lambda: build_report(load_config(snakemake.input.config)))  # noqa: F821
