@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-partial compare test test-slow lint dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial compare cluster-smoke test test-slow lint dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ demo-partial: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare.yaml
 	@echo "report: results/report/cub-compare+cars-compare/index.html"
+
+## make cluster-smoke [PROFILE=workflow/profiles/slurm]: a 3-trial study on generated data through a
+## cluster profile, in minutes: is the profile right for this cluster?
+PROFILE ?= workflow/profiles/slurm
+cluster-smoke: $(STAMP)
+	$(BIN)/harness cluster check --profile $(PROFILE)
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); from fixtures import make_cub; make_cub('.test/data', per_class=4, noise=60.0)"
+	$(BIN)/snakemake --profile $(PROFILE) --directory .test --configfile .test/study.yaml
+	@echo "report: .test/results/tiny/report/index.html"
 
 ## make test: lint + the default test suite (CPU, tiny generated data)
 test: $(STAMP) lint

@@ -184,6 +184,20 @@ def cmd_schema(a: argparse.Namespace) -> None:
     print(json.dumps(schema(), indent=2))
 
 
+def cmd_cluster_check(a: argparse.Namespace) -> None:
+    from harness.cluster import check
+
+    found = check(Path(a.profile))
+    for line in found:
+        print(line)
+    if found:
+        raise HarnessError(
+            f"{len(found)} job rule size(s) of {a.profile} cannot start on this cluster (listed above);"
+            " SLURM would keep those jobs pending without a word: edit the profile"
+        )
+    print(f"{a.profile}: every job rule fits a node of its partition")
+
+
 def cmd_smoke(a: argparse.Namespace) -> None:
     _threads(a.threads)
     from harness.smoke import run_smoke
@@ -287,6 +301,14 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run only this part (repeatable; default: all)",
     )
     b.set_defaults(func=cmd_bench)
+    cl = sub.add_parser("cluster", help="SLURM: will every job of a profile start here?").add_subparsers(
+        dest="cluster_cmd", required=True, parser_class=Parser
+    )
+    cc = cl.add_parser("check", help="compare the profile's sizes with sinfo's partitions")
+    cc.add_argument(
+        "--profile", default="workflow/profiles/slurm", help="a SLURM profile folder or its config.yaml"
+    )
+    cc.set_defaults(func=cmd_cluster_check)
     sc = sub.add_parser("schema", help="print the study config's JSON schema (for an editor's YAML support)")
     sc.set_defaults(func=cmd_schema)
 
