@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,10 +58,67 @@ def fault_config(tmp: Path, name: str, n_trials: int = 10, **over) -> Path:
     return path
 
 
+def patience(seconds: float) -> float:
+    """A wait's limit, stretched on a busy machine: what a test waits for runs slower when other work
+    shares its CPUs (the 1-minute load over the CPUs, at least 1), and HARNESS_TEST_PATIENCE
+    stretches every limit for a slow machine. Nothing asserts on it: it only bounds a wait."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = max(1.0, os.getloadavg()[0] / cpus)
+    return seconds * busy * float(os.environ.get("HARNESS_TEST_PATIENCE", "1"))
+
+
+def run_group(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own, whose whole process group is killed when it times
+    out or the test fails meanwhile, and after it ends: snakemake's jobs (and a worker group's
+    processes) die with it, instead of running on re-parented to init."""
+    kw = {"capture_output": True, "text": True} | kw
+    proc = subprocess.Popen(cmd, start_new_session=True, **_popen_kw(kw))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_group(pgid: int, timeout: float = 60) -> None:
+    """SIGKILL a process group and wait until none of its members is alive: the signal is delivered
+    asynchronously, and a member busy in the kernel (disk I/O on a loaded machine) dies a little
+    later than the leader is reaped. Zombies count as gone: a container's init may never reap them."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + patience(timeout)
+    while (alive := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"process group {pgid} still has live members {alive} after SIGKILL"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is ``pgid``, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # fields 3 (state) and 5 (pgrp)
+            found.append(int(entry.name))
+    return found
+
+
+def _popen_kw(kw: dict) -> dict:
+    out = dict(kw)
+    if out.pop("capture_output", False):
+        out |= {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return out
+
+
 def harness(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*HARNESS, "--threads", "1", *args], capture_output=True, text=True, timeout=timeout, **kw
-    )
+    return run_group([*HARNESS, "--threads", "1", *args], timeout=patience(timeout), **kw)
 
 
 def start_worker(config: Path, index: int, logs: Path) -> subprocess.Popen:
@@ -70,6 +128,7 @@ def start_worker(config: Path, index: int, logs: Path) -> subprocess.Popen:
         [*HARNESS, "--threads", "1", "study", "worker", "--config", str(config), "--worker", str(index)],
         stdout=out,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its group is ended with it (tests/conftest.py ends what is left)
     )
 
 
@@ -107,7 +166,7 @@ def kill_mid_trial(
 
 
 def wait_all(workers: list[subprocess.Popen], timeout: float = 400) -> list[int]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     codes = []
     for w in workers:
         codes.append(w.wait(timeout=max(1.0, deadline - time.monotonic())))

@@ -23,9 +23,12 @@ from faults import (
     check_invariants,
     fault_config,
     harness,
+    kill_group,
     kill_mid_trial,
     logs_text,
     open_study,
+    patience,
+    run_group,
     start_worker,
     wait_all,
 )
@@ -111,9 +114,6 @@ def _events(trials_dir: Path) -> dict[int, list[str]]:
 def test_snakemake_killed_mid_study_resumes_with_rerun_incomplete(tmp_path: Path) -> None:
     """SIGKILL the whole snakemake process group mid-study; --rerun-incomplete finishes it without
     re-running any finished trial (counted by trainer invocations in trials/<n>/events.jsonl)."""
-    import os
-    import signal
-    import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
@@ -132,22 +132,24 @@ def test_snakemake_killed_mid_study_resumes_with_rerun_incomplete(tmp_path: Path
     def study() -> optuna.Study:
         return open_study(JournalStorage(JournalFileBackend(str(journal))), "resume")
 
-    deadline = time.monotonic() + 300
-    while True:
-        assert first.poll() is None, "snakemake ended before it could be killed"
-        assert time.monotonic() < deadline, "the study never reached a finished + a running trial"
-        if journal.exists():
-            try:
-                trials = study().get_trials(deepcopy=False)
-            except KeyError:  # study not created yet
-                trials = []
-            done = [t for t in trials if t.state.is_finished()]
-            mid = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-            if done and mid:
-                break
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + patience(300)
+        while True:
+            assert first.poll() is None, "snakemake ended before it could be killed"
+            assert time.monotonic() < deadline, "the study never reached a finished + a running trial"
+            if journal.exists():
+                try:
+                    trials = study().get_trials(deepcopy=False)
+                except KeyError:  # study not created yet
+                    trials = []
+                done = [t for t in trials if t.state.is_finished()]
+                mid = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+                if done and mid:
+                    break
+            time.sleep(0.05)
+    finally:  # on every path: snakemake and every job it started, all of them dead before we look
+        kill_group(first.pid)
+        first.wait(timeout=30)
     before = study().get_trials(deepcopy=False)
     finished_before = {t.number for t in before if t.state.is_finished()}
     interrupted = {t.number for t in before if t.state == TrialState.RUNNING}
@@ -157,11 +159,9 @@ def test_snakemake_killed_mid_study_resumes_with_rerun_incomplete(tmp_path: Path
         if owner.get("pid"):
             assert process_start(owner["pid"]) is None or t.state.is_finished()
 
-    unlock = subprocess.run([*cmd, "--unlock"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    unlock = run_group([*cmd, "--unlock"], cwd=tmp_path, timeout=patience(120))
     assert unlock.returncode == 0, unlock.stderr[-2000:]
-    second = subprocess.run(
-        [*cmd, "--rerun-incomplete"], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    second = run_group([*cmd, "--rerun-incomplete"], cwd=tmp_path, timeout=patience(900))
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert (tmp_path / "results" / "resume" / "report" / "index.html").is_file()
 
@@ -193,7 +193,7 @@ def test_sigterm_fails_the_trial_requeues_it_and_a_later_worker_resumes_it(tmp_p
 
     logs = tmp_path / "logs"
     (worker,) = workers = [start_worker(config, 0, logs)]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + patience(120)
     while not [t for t in study().trials if t.state == TrialState.RUNNING and t.intermediate_values]:
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.05)
@@ -257,7 +257,7 @@ def test_a_real_full_disk_mid_trial(tmp_path: Path) -> None:
         str(config),
         *HARNESS,
     ]
-    r = subprocess.run([*cmd, "--threads", "1"], capture_output=True, text=True, timeout=900)
+    r = run_group([*cmd, "--threads", "1"], timeout=patience(1200))
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:], [p.name for p in out.iterdir()])
     first_err = (out / "first.err").read_text()
     errors = [line for line in first_err.splitlines() if line.startswith("error: ")]

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from faults import patience, run_group
 from fixtures import make_cub
 from mlflow.tracking import MlflowClient
 
@@ -17,7 +18,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
 def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    # snakemake's jobs are processes of its group: they end with it, also on a timeout
+    return run_group([*SNAKEMAKE, *args], timeout=patience(600), cwd=cwd)
 
 
 def test_lint_is_clean() -> None:
