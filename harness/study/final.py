@@ -541,7 +541,12 @@ def gather(
         for m in ("recall@1", "map@r")
     }
     arrays["study_uid"] = np.array(uid)
-    np.savez_compressed(study_dir / "test_queries.npz", **arrays)  # type: ignore[arg-type]
+    tmp = study_dir / f".test_queries.{os.getpid()}.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(study_dir / "test_queries.npz")
+    finally:
+        tmp.unlink(missing_ok=True)
     df = pd.DataFrame(summary).assign(study_uid=uid)
     write_csv(df, study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
     for name in ("test_runs.csv", "comparisons.csv"):
@@ -550,6 +555,11 @@ def gather(
 
 
 def write_csv(df: pd.DataFrame, out: Path) -> None:
-    tmp = out.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    """Written whole: a temp file of this process's own (two evaluations of one study may finish
+    at the same moment), then renamed over ``out``."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        df.to_csv(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
