@@ -242,6 +242,13 @@ def test_a_two_trial_partial_study_runs_on_the_tiny_fixtures(
     path.write_text(yaml.safe_dump(raw))
     for argv in (["study", "run"], ["evaluate"], ["report"]):
         assert main([*argv, "--config", str(path)]) == 0, argv
+    # issue #16, item 24: the log said "N images, 2 views each"; only training-class images get views
+    labels = (root / "image_class_labels.txt").read_text().splitlines()
+    train_images = sum(1 for line in labels if int(line.split()[1]) <= 100)  # CUB classes 1-100
+    said = capsys.readouterr().err
+    assert f"centre views, and 2 views of each of the {train_images} training-class images" in said, said[
+        -2000:
+    ]
     cache = sorted((tmp_path / "results" / "cache" / "activations").glob("*-centre.npy"))
     assert len(cache) == 2 and {"cut1" in c.name or "cut2" in c.name for c in cache} == {True}
     import pandas as pd

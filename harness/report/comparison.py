@@ -192,11 +192,15 @@ def _p(v: float) -> str:
 
 
 def budget_table(arms: pd.DataFrame) -> pd.DataFrame:
-    return arms.drop(columns=["study_uid"], errors="ignore").rename(
+    out = arms.drop(columns=["study_uid"], errors="ignore")
+    if "mean_epochs_run" in out:
+        out["mean_epochs_run"] = [f"{v:.1f}" for v in out["mean_epochs_run"]]
+    return out.rename(
         columns={
             "images_processed": "images processed",
             "best_val_r1": "best val R@1",
             "best_trial": "best trial",
+            "mean_epochs_run": "mean epochs run",
         }
     )
 
@@ -230,7 +234,9 @@ def rank_table(ranks: pd.DataFrame) -> pd.DataFrame:
     wide = ranks.pivot_table(index="arm", columns="dataset", values="rank", aggfunc="min")
     wide.columns = [f"rank on {c}" for c in wide.columns]
     wide["mean rank"] = wide.mean(axis=1)
-    return wide.sort_values("mean rank").reset_index()
+    out = wide.sort_values("mean rank").reset_index()
+    out["mean rank"] = [f"{v:.2f}" for v in out["mean rank"]]  # not the metrics' 4 decimals
+    return out
 
 
 # --- the section -----------------------------------------------------------------------------------
@@ -261,7 +267,9 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
             arm_table(d.test),
             "Test classes: each arm's best validation config, mean [95 % t-interval over seeds]; the"
             " baseline (the backbone without triplet training, one deterministic run): a bootstrap over"
-            " test queries. R@2/4/8 and NMI are in the CSV.",
+            " test queries. The intervals cover re-training the chosen config with other seeds, not the"
+            " search that chose it: another sampler seed can choose another config (README, 'Is each"
+            " arm's best stable'). R@2/4/8 and NMI are in the CSV.",
         )
         page.figure(
             f"{prefix}arms-r1",
