@@ -4,7 +4,8 @@ SLURM keeps a job that asks for more than any node of its partition has (CPUs, m
 PENDING with reason PartitionConfig, forever, and the snakemake executor plugin says nothing about
 it: the pipeline just sits there. ``harness cluster check`` reads the profile's sizes (default and
 per-rule resources) and compares them with what ``sinfo`` reports for each partition, and names
-every rule that could never start, with the number to change. (Clusters with
+every rule that could never start (or that sbatch would refuse: a ``gpu_model`` no node has), with
+the number to change. (Clusters with
 ``EnforcePartLimits=ALL`` refuse such jobs at submission instead; most keep SLURM's default NO.)
 """
 
@@ -38,6 +39,7 @@ class Partition:
     memory_mb: int
     gpus: int
     time_limit_min: float  # inf: no limit
+    gpu_types: frozenset[str] = frozenset()  # GRES types ("a100"); empty when the GPUs are untyped
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Ask:
     gpus: int
     runtime_min: float
     threads: int
+    gpu_model: str = ""  # what the executor plugin submits as --gpus=<model>:<n>
 
 
 def profile_asks(profile: Path) -> list[Ask]:
@@ -72,6 +75,7 @@ def profile_asks(profile: Path) -> list[Ask]:
                 gpus=int(r.get("gpu", r.get("gpus", 0)) or 0),
                 runtime_min=float(r.get("runtime", 0)),
                 threads=int(threads.get(rule, r.get("cpus_per_task", 1))),
+                gpu_model=str(r.get("gpu_model") or ""),
             )
         )
     return out
@@ -89,14 +93,16 @@ def _minutes(limit: str) -> float:
     return (int(days or 0) * 24 + h) * 60 + m + s / 60
 
 
-def _gpus(gres: str) -> int:
-    """GPUs per node from sinfo's GRES ("gpu:a100:4(S:0-1)", "gpu:2", "(null)")."""
-    total = 0
+def _gpus(gres: str) -> tuple[int, frozenset[str]]:
+    """GPUs per node and their types from sinfo's GRES ("gpu:a100:4(S:0-1)", "gpu:2", "(null)")."""
+    total, types = 0, set()
     for item in gres.split(","):
-        m = re.match(r"gpu(?::[^:(]+)?:(\d+)", item.strip())
+        m = re.match(r"gpu(?::([^:(]+))?:(\d+)", item.strip())
         if m:
-            total += int(m.group(1))
-    return total
+            total += int(m.group(2))
+            if m.group(1):
+                types.add(m.group(1))
+    return total, frozenset(types)
 
 
 def partitions(sinfo: str = "sinfo") -> dict[str, Partition]:
@@ -109,10 +115,14 @@ def partitions(sinfo: str = "sinfo") -> dict[str, Partition]:
     found: dict[str, Partition] = {}
     for line in out.stdout.splitlines():
         name, cpus, mem, gres, limit = line.split("|")
-        p = Partition(name, int(cpus.rstrip("+")), int(mem.rstrip("+")), _gpus(gres), _minutes(limit))
+        gpus, types = _gpus(gres)
+        p = Partition(name, int(cpus.rstrip("+")), int(mem.rstrip("+")), gpus, _minutes(limit), types)
         old = found.get(name)
-        if old is None or (p.cpus, p.memory_mb, p.gpus) > (old.cpus, old.memory_mb, old.gpus):
-            found[name] = p
+        if old is not None:  # the largest node; GPU types of any node of the partition
+            types |= old.gpu_types
+            if (p.cpus, p.memory_mb, p.gpus) <= (old.cpus, old.memory_mb, old.gpus):
+                p = old
+        found[name] = Partition(p.name, p.cpus, p.memory_mb, p.gpus, p.time_limit_min, types)
     return found
 
 
@@ -136,6 +146,13 @@ def problems(asks: list[Ask], parts: dict[str, Partition]) -> list[str]:
         if a.gpus > p.gpus:
             fix = "use profiles/slurm-cpu" if p.gpus == 0 else f"ask for at most {p.gpus}"
             out.append(f"{a.rule}: gpu {a.gpus} > the {p.gpus} GPUs of {where}; {fix}")
+        elif a.gpus and a.gpu_model and a.gpu_model not in p.gpu_types:
+            have = ", ".join(sorted(p.gpu_types)) or "no GPU type"
+            fix = "set gpu_model to one of them" if p.gpu_types else "remove gpu_model"
+            out.append(
+                f"{a.rule}: gpu_model {a.gpu_model!r} is not a GPU type of {where} ({have});"
+                f" sbatch refuses --gpus={a.gpu_model}:{a.gpus}: {fix}"
+            )
         if a.runtime_min > p.time_limit_min:
             limit = f"{p.time_limit_min:g}"
             out.append(

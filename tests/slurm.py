@@ -110,6 +110,7 @@ class SlurmCluster:
     cpus: int
     memory_mb: int
     gpus: int
+    gpu_type: str | None
     accounting: bool
     munge_socket: Path
     ports: dict[str, int]
@@ -332,6 +333,7 @@ def _configure(
             # (slurm.conf(5): "the named port ... of the alternate MUNGE daemon").
             f"AccountingStoragePass={munge_socket}",
             "AccountingStorageTRES=gres/gpu",
+            "AccountingStoreFlags=job_comment",  # sacct's Comment: the plugin writes the rule there
         ]
     else:
         lines += ["AccountingStorageType=accounting_storage/none"]
@@ -422,6 +424,7 @@ def _configure(
         cpus=cpus,
         memory_mb=memory_mb,
         gpus=gpus,
+        gpu_type=gpu_type,
         accounting=accounting,
         munge_socket=munge_socket,
         ports=ports,

@@ -169,7 +169,12 @@ def test_snakemake_killed_mid_study_resumes_with_rerun_incomplete(tmp_path: Path
     events = _events(journal.parent / "trials")
     runs_of = {n: sum(e in ("start", "resume") for e in ev) for n, ev in events.items()}
     assert all(runs_of[n] == 1 for n in finished_before), runs_of  # finished trials were not re-run
-    assert sum(runs_of.values()) == len(after)  # one trainer invocation per Optuna trial, no more
+    assert all(n <= 1 for n in runs_of.values()), runs_of  # no trial's trainer ran twice
+    # A trial without any invocation is one the kill caught between being claimed and its trainer's
+    # start (it reported nothing yet): failed, re-queued, and run by its retry instead.
+    never_ran = {t.number for t in after if not runs_of.get(t.number)}
+    claimed_only = {t.number for t in before if t.state == TrialState.RUNNING and not t.intermediate_values}
+    assert never_ran <= claimed_only, (never_ran, claimed_only)
     finished_after = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished_after) == 6
     for number in interrupted:  # the killed trials were failed and re-run from their checkpoints

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SlurmCluster]:
     try:
-        with slurm_cluster() as running:
+        with slurm_cluster(gpu_type="h100") as running:  # typed, as most clusters' GPUs are
             yield running
     except SlurmUnavailable as exc:
         skip_or_fail(str(exc))
@@ -132,6 +132,8 @@ def _edited_profile(cluster: SlurmCluster, folder: Path, **sizes: object) -> Pat
     cfg = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     cfg["default-resources"] |= {"slurm_partition": cluster.partition, "slurm_account": cluster.account}
     for rule, res in cfg["set-resources"].items():
+        if "gpu_model" in res:  # the README: set gpu_model to a GPU type the cluster has
+            res["gpu_model"] = cluster.gpu_type
         res |= {"cpus_per_task": 1, "mem_mb": 1500} | sizes
         cfg["set-threads"][rule] = 1
     cfg["default-resources"] |= {"cpus_per_task": 1, "mem_mb": 1500}
@@ -155,6 +157,10 @@ def test_cluster_check_names_the_sizes_that_would_pend_forever(cluster: SlurmClu
     too_big = _edited_profile(cluster, tmp_path / "big", cpus_per_task=cluster.cpus + 6)
     r = _harness(cluster, "cluster", "check", "--profile", str(too_big), cwd=tmp_path)
     assert r.returncode == 2 and f"cpus_per_task {cluster.cpus + 6} > the {cluster.cpus} CPUs" in r.stdout
+    a100 = _edited_profile(cluster, tmp_path / "a100", gpu_model="a100")  # as shipped; this one has h100s
+    r = _harness(cluster, "cluster", "check", "--profile", str(a100), cwd=tmp_path)
+    assert r.returncode == 2 and "gpu_model 'a100' is not a GPU type" in r.stdout, r.stdout
+    assert "(h100)" in r.stdout and "--gpus=a100:1" in r.stdout
     fits = _edited_profile(cluster, tmp_path / "fits")
     r = _harness(cluster, "cluster", "check", "--profile", str(fits), cwd=tmp_path)
     assert r.returncode == 0 and "every job rule fits" in r.stdout, r.stdout + r.stderr
@@ -220,8 +226,12 @@ def test_the_readme_cluster_command_survives_a_cancelled_worker(
             cmd, cwd=tmp_path, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            cancelled = _cancel_a_worker_mid_trial(cluster, storage, run)
-            assert run.wait(timeout=900) == 0, (tmp_path / "snakemake.log").read_text()[-5000:]
+            try:
+                cancelled = _cancel_a_worker_mid_trial(cluster, storage, run)
+            except AssertionError as e:  # say why snakemake stopped, not only that it did
+                log.flush()
+                raise AssertionError(f"{e}\n{(tmp_path / 'snakemake.log').read_text()[-5000:]}") from None
+            assert run.wait(timeout=patience(900)) == 0, (tmp_path / "snakemake.log").read_text()[-5000:]
         finally:
             if run.poll() is None:
                 os.killpg(run.pid, 9)
@@ -266,7 +276,7 @@ def _cancel_a_worker_mid_trial(cluster: SlurmCluster, storage: str, run: subproc
     import optuna
     from optuna.trial import TrialState
 
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + patience(600)
     while True:
         assert run.poll() is None, "snakemake ended before a worker could be cancelled"
         assert time.monotonic() < deadline, "no trial reached its first epoch in 10 minutes"
