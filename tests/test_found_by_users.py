@@ -402,33 +402,33 @@ def test_14_two_evaluations_at_once_run_each_unit_once(cub: Path, tmp_path: Path
     assert len(names) == len(set(names)) == 3  # the baseline and the best config with 2 seeds, once each
 
 
-def _write_often(out: str, n: int) -> None:
-    from harness.study.final import write_csv
-
-    df = pd.DataFrame({"x": range(2000)})
-    for _ in range(n):
-        write_csv(df, Path(out))
+WRITE_OFTEN = """
+import sys
+from pathlib import Path
+import pandas as pd
+from harness.study.final import write_csv
+df = pd.DataFrame({"x": range(2000)})
+for _ in range(200):
+    write_csv(df, Path(sys.argv[1]))
+"""
 
 
 def test_14_two_evaluations_writing_one_table_at_once_both_succeed(tmp_path: Path) -> None:
     """Found by the test above failing once in three: both evaluations wrote test.csv through the
     same temp name, and the one whose temp the other had renamed away died with "cannot access
     .../test.tmp". Two processes now write one table 200 times each, at the same moment."""
-    import multiprocessing
-
     out = tmp_path / "test.csv"
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_often, args=(str(out), 200)) for _ in range(2)]
-    for p in procs:
-        p.start()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITE_OFTEN, str(out)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     try:
-        for p in procs:
-            p.join(timeout=patience(300))
-        assert [p.exitcode for p in procs] == [0, 0]
+        errors = [p.communicate(timeout=patience(300))[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for e in errors]
     finally:
         for p in procs:
             p.kill()
-            p.join()
+            p.wait()
     assert len(pd.read_csv(out)) == 2000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv"]  # no temp file left behind
 
