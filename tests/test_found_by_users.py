@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -431,6 +432,47 @@ def test_14_two_evaluations_writing_one_table_at_once_both_succeed(tmp_path: Pat
             p.wait()
     assert len(pd.read_csv(out)) == 2000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv"]  # no temp file left behind
+
+
+HOT_JOURNAL = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size=1")  # dirty pages spill into the file: its journal is on disk
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE runs SET status = 'KILLED'")
+print("mid-transaction", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_tracker_killed_mid_transaction_leaves_a_database_the_next_run_opens(tmp_path: Path) -> None:
+    """Found by CI: snakemake killed mid-study with a worker inside an MLflow write leaves
+    mlflow.db-journal (a hot journal). The schema check opened the database read-only, which cannot
+    roll a hot journal back, so every rerun failed with "attempt to write a readonly database" and
+    told the user to move the whole MLflow database aside."""
+    import sqlite3
+
+    from harness.tracking.mlflow_tracker import check_schema
+
+    db = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, status TEXT)")
+        con.executemany("INSERT INTO runs VALUES (?, 'FINISHED')", [(f"{i:032x}",) for i in range(3000)])
+        con.commit()
+    cmd = [sys.executable, "-c", HOT_JOURNAL, str(db)]
+    writer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "mid-transaction"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0  # hot: its writer died holding it
+
+    check_schema(db)  # raised HarnessError("cannot read the MLflow database ...") before
+    with contextlib.closing(sqlite3.connect(db)) as con:  # rolled back: every run as committed
+        counts = con.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    assert counts == [("FINISHED", 3000)]
+    assert sorted(p.name for p in tmp_path.iterdir() if "half-migrated" in p.name) == []
 
 
 def test_15_a_file_tracking_uri_is_refused_at_config_time() -> None:

@@ -73,7 +73,10 @@ def check_schema(db: Path) -> None:
     if not db.is_file() or db.stat().st_size == 0:
         return
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        # Read-write, never created: a process killed mid-transaction (kill -9, a full disk, a node
+        # lost) leaves a hot journal, which the next connection must roll back. A read-only one
+        # cannot, and fails with "attempt to write a readonly database" on every later run.
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             tmp = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
