@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harness.errors import ConfigError
 from harness.registry import DATASETS, DISTANCES, MINERS
@@ -190,3 +191,14 @@ def test_the_space_hash_of_existing_studies_does_not_move() -> None:
 
     cfg = parse_config({"name": "x", "dataset": "cub", "search_space": {"margin": {"low": 0.1, "high": 0.3}}})
     assert cfg.space_hash() == "30a2d24163823b1f"  # as computed by the harness at d38797c
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "studies").rglob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_study_config_is_valid(path: Path) -> None:
+    """A study the README or a bench script names must parse: schema, cross-field rules, names."""
+    cfg = parse_config(yaml.safe_load(path.read_text()))
+    assert cfg.name == path.stem
