@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -119,10 +119,10 @@ def partitions(sinfo: str = "sinfo") -> dict[str, Partition]:
         p = Partition(name, int(cpus.rstrip("+")), int(mem.rstrip("+")), gpus, _minutes(limit), types)
         old = found.get(name)
         if old is not None:  # the largest node; GPU types of any node of the partition
-            types |= old.gpu_types
             if (p.cpus, p.memory_mb, p.gpus) <= (old.cpus, old.memory_mb, old.gpus):
                 p = old
-        found[name] = Partition(p.name, p.cpus, p.memory_mb, p.gpus, p.time_limit_min, types)
+            p = replace(p, gpu_types=types | old.gpu_types)
+        found[name] = p
     return found
 
 

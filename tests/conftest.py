@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.study.storage import process_start
+
 MARK = "HARNESS_TEST_CALL"
 
 
@@ -58,16 +60,9 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         yield
     finally:
         del os.environ[MARK]
-        left = [pid for pid in _marked(value) if _alive(pid)]
+        left = [pid for pid in _marked(value) if process_start(pid) is not None]  # zombies are gone
         if left:
             _end(left)
             warnings.warn(
                 f"{item.nodeid} left {len(left)} process(es) running (pids {left}); killed", stacklevel=1
             )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

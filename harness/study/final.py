@@ -25,6 +25,7 @@ Every file carries the ``study_uid`` of the study incarnation it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,6 +33,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -331,16 +333,11 @@ class Evaluator:
     def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
         """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        out = self.path(unit)
-        tmp = out.with_name(f".{out.stem}.{os.getpid()}.npz")
         arrays = {f"q/{k}": v for k, v in q.items()}
         arrays["identity"] = np.array(json.dumps(unit.identity(self.uid, self.split)))
         arrays["row"] = np.array(json.dumps(row, default=_json_default))
-        try:
+        with written_whole(self.path(unit)) as tmp:
             np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def _json_default(v: Any) -> Any:
@@ -541,12 +538,8 @@ def gather(
         for m in ("recall@1", "map@r")
     }
     arrays["study_uid"] = np.array(uid)
-    tmp = study_dir / f".test_queries.{os.getpid()}.npz"
-    try:
+    with written_whole(study_dir / "test_queries.npz") as tmp:
         np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(study_dir / "test_queries.npz")
-    finally:
-        tmp.unlink(missing_ok=True)
     df = pd.DataFrame(summary).assign(study_uid=uid)
     write_csv(df, study_dir / "test.csv")  # last: the pipeline's output marks the whole step done
     for name in ("test_runs.csv", "comparisons.csv"):
@@ -554,12 +547,19 @@ def gather(
     return df
 
 
-def write_csv(df: pd.DataFrame, out: Path) -> None:
-    """Written whole: a temp file of this process's own (two evaluations of one study may finish
-    at the same moment), then renamed over ``out``."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A temp path of this process's own beside ``out`` (two evaluations of one study may finish at
+    the same moment), renamed over ``out`` when the block succeeds and removed on every path. It
+    keeps ``out``'s suffix: ``np.savez`` would append ``.npz`` to any other."""
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}{out.suffix}")
     try:
-        df.to_csv(tmp, index=False)
+        yield tmp
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_csv(df: pd.DataFrame, out: Path) -> None:
+    with written_whole(out) as tmp:
+        df.to_csv(tmp, index=False)
