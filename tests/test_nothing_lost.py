@@ -584,8 +584,8 @@ def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Pat
     ev = object.__new__(Evaluator)
     ev.uid, ev.split, ev.dir = "u1", "s1", tmp_path
     p = TrialParams(0.2, 8, 4, "cosine", "semihard", 1e-4, 128)
-    first = Unit("top1-s0", "trial 7", "top", 1, 7, 0.5, p, 8, 0)
-    later = Unit("top2-s0", "trial 7", "top", 2, 7, 0.5, p, 8, 0)  # a better trial came in
+    first = Unit("top1-s0", "trial 7", "top", 1, 7, 7, 0.5, p, 8, 0)
+    later = Unit("top2-s0", "trial 7", "top", 2, 7, 7, 0.5, p, 8, 0)  # a better trial came in
     assert ev.path(first) == ev.path(later)
     ev._store(first, {"test_recall@1": 0.3, "rank": 1}, {"recall@1": np.ones(3)})
     row, q = ev.stored(later)

@@ -43,6 +43,7 @@ from harness.study.final import (
     summary_row,
     write_csv,
 )
+from harness.study.sampler import draws
 
 log = logging.getLogger(__name__)
 Results = dict[str, tuple[dict, dict[str, np.ndarray]]]
@@ -94,7 +95,7 @@ def _summary(
     for arm, u in chosen.items():
         row = summary_row(arm, "arm", by_seed[arm], queries[arm], cfg)
         row |= {"arm": arm, "family": "offline" if is_offline(arm) else "online"}
-        row |= {"trial": u.trial, "val_recall@1": u.val_r1, "epochs": u.epochs}
+        row |= {"trial": u.trial, "draw": u.draw, "val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:
             row |= asdict(u.params)
         rows.append(row)
@@ -139,9 +140,10 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
         trials = study.get_trials(deepcopy=False)
         states = [t.state for t in trials]
         scored = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        best = max(
+        draw = draws(study)
+        best = min(  # ties to the earlier draw, as evaluate's choice
             (t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
-            key=lambda t: float(t.value or 0.0),
+            key=lambda t: (-float(t.value or 0.0), draw[t.number]),
             default=None,
         )
         rows.append(
@@ -154,6 +156,7 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
                 "images_processed": float(sum(t.user_attrs.get("images_processed", 0.0) for t in trials)),
                 "best_val_r1": None if best is None else float(best.value or 0.0),
                 "best_trial": None if best is None else best.number,
+                "best_draw": None if best is None else draw[best.number],
                 "mean_epochs_run": float(np.mean([t.user_attrs.get("epochs_run", np.nan) for t in scored]))
                 if scored
                 else float("nan"),

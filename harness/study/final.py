@@ -61,6 +61,7 @@ from harness.study.data import (
     resolve_device,
 )
 from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
+from harness.study.sampler import draws
 from harness.study.trunks import TrunkPool
 from harness.training import Source, evaluate_source, train
 
@@ -80,7 +81,8 @@ class Unit:
     label: str  # the config's name in the tables: "trial 16", "reference semihard m=0.2", BASELINE
     kind: str  # baseline | top | reference
     rank: int
-    trial: int
+    trial: int  # the Optuna trial number (MLflow run, trials/<n>/); -1: no trial
+    draw: int  # its draw index: the same config's name in an interrupted and an uninterrupted study
     val_r1: float
     params: TrialParams | None  # None: the baseline
     epochs: int
@@ -151,7 +153,8 @@ def top_trials(cfg: StudyConfig, study: optuna.Study) -> list[FrozenTrial]:
         raise HarnessError(f"study {cfg.name!r} has no complete trials; run the study first")
     seen: set[str] = set()
     top = []
-    for t in sorted(done, key=lambda t: (-float(t.value or 0.0), t.number)):
+    draw = draws(study)  # ties go to the earlier draw, as in a study that was never interrupted
+    for t in sorted(done, key=lambda t: (-float(t.value or 0.0), draw[t.number])):
         config = json.dumps([asdict(trial_params(t, cfg)), _epochs(t, cfg)], sort_keys=True)
         if config in seen:
             continue
@@ -176,10 +179,10 @@ def _epochs(t: FrozenTrial, cfg: StudyConfig) -> int:
 def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
     """The units in the order of the tables: baseline, top configs by rank, references. A comparison
     plans only the baseline (its arms plan the rest); an arm plans no baseline (its comparison's)."""
-    units = [] if cfg.parent else [Unit("baseline", BASELINE, "baseline", 0, -1, math.nan, None, 0, -1)]
+    units = [] if cfg.parent else [Unit("baseline", BASELINE, "baseline", 0, -1, -1, math.nan, None, 0, -1)]
     if cfg.compare is not None:
         return units
-    top = top_trials(cfg, study)
+    top, draw = top_trials(cfg, study), draws(study)
     refs = reference_params(cfg) if cfg.evaluate.references else []
     for rank, t in enumerate(top, start=1):
         p, epochs = trial_params(t, cfg), _epochs(t, cfg)
@@ -190,6 +193,7 @@ def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
                 "top",
                 rank,
                 t.number,
+                draw[t.number],
                 float(t.value or 0),
                 p,
                 epochs,
@@ -200,7 +204,7 @@ def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
     for p in refs:
         label = f"reference {p.mining} m={p.margin:g}"
         units += [
-            Unit(f"ref-{p.mining}-s{s}", label, "reference", 0, -1, math.nan, p, int(cfg.epochs), s)
+            Unit(f"ref-{p.mining}-s{s}", label, "reference", 0, -1, -1, math.nan, p, int(cfg.epochs), s)
             for s in cfg.evaluate.seed_list
         ]
     return units
@@ -261,6 +265,7 @@ class Evaluator:
         except Exception as e:  # a damaged file (cut short, not a zip): run the unit again
             log.warning("ignoring evaluation result %s (%s); running it again", self.path(unit), e)
             return None
+        row |= {"draw": unit.draw}  # results stored before draws were recorded lack it
         return row | {"rank": unit.rank, "val_recall@1": unit.val_r1} if unit.params else row, q
 
     def run(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]]:
@@ -271,6 +276,7 @@ class Evaluator:
             "kind": unit.kind,
             "rank": unit.rank,
             "trial": unit.trial,
+            "draw": unit.draw,
         }
         if unit.params is None:
             params, name, tags = self._baseline(row, q)
@@ -513,7 +519,8 @@ def gather(
     summary = []
     for label, u in first.items():
         row = summary_row(label, u.kind, by_seed[label], queries[label], cfg)
-        row |= {"rank": u.rank, "trial": u.trial, "val_recall@1": u.val_r1, "epochs": u.epochs}
+        row |= {"rank": u.rank, "trial": u.trial, "draw": u.draw}
+        row |= {"val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:
             row |= asdict(u.params)
         summary.append(row)

@@ -20,7 +20,8 @@ from harness.params import TABLE, HyperParam, TrialParams
 from harness.progress import duration
 from harness.study.config import MANIFEST, Choices, Fixed, Range, SearchSpace, Spec, StudyConfig
 from harness.study.data import Prepared, Resident, build_model, compile_mode, hpo_sources
-from harness.study.optuna_api import FAILED_TRIAL, RETRY_HISTORY, system_attrs, trial_id
+from harness.study.optuna_api import RETRY_HISTORY, system_attrs, trial_id
+from harness.study.sampler import chain_draw
 from harness.study.storage import OWNER_ATTR, owner_record
 from harness.tracking import Tracker
 from harness.training import Source, TrainingDiverged, train
@@ -117,8 +118,12 @@ class TrialRun:
         self.params = suggest_params(trial, cfg.search_space)
         trial.set_user_attr("trial_params", asdict(self.params))  # fixed values too: evaluate re-trains these
         self.history_of_retries = list(system.get(RETRY_HISTORY, []))
-        # a retry continues its original's random streams: reproducible from (params, seed) alone
-        self.seed = cfg.seed + int(system.get(FAILED_TRIAL, trial.number))
+        # every random stream of training (init, batches, views, folds' order, offline mining) comes
+        # from this seed: the study's seed plus the trial's draw index, so a resumed study trains each
+        # draw as an uninterrupted one does; a retry continues its original's (draw and seed)
+        draw = chain_draw(trial.study, trial.number, system) if self.stored else trial.number
+        self.seed = cfg.seed + draw
+        trial.set_user_attr("draw", draw)
         trial.set_user_attr("seed", self.seed)
         self.checkpoints = cfg.fault_tolerance.checkpoints
         self.checkpoint = TrialCheckpoint(objective.trial_dir(trial.number) / "checkpoint.pt", objective.uid)

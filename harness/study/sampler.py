@@ -30,10 +30,31 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed % 2**63, number + 1]).generate_state(1)[0])
 
 
-def draw_index(study: Study, trial: FrozenTrial) -> int:
-    """The number of fresh trials before ``trial``: retries (they carry ``failed_trial``) draw nothing."""
-    earlier = study.get_trials(deepcopy=False)[: trial.number]
+def draw_index(study: Study, number: int) -> int:
+    """The number of fresh trials before trial ``number``: retries (they carry ``failed_trial``) draw
+    nothing. Trial numbers are given out in order by the storage, so this is fixed once the trial
+    exists, whichever worker asks and whenever."""
+    earlier = study.get_trials(deepcopy=False)[:number]
     return sum(FAILED_TRIAL not in t.system_attrs for t in earlier)
+
+
+def draws(study: Study) -> dict[int, int]:
+    """Every trial's draw index (a retry's is its chain's first trial's): the name of a config that
+    an interruption does not change, where the trial number does."""
+    out: dict[int, int] = {}
+    fresh = 0
+    for t in study.get_trials(deepcopy=False):
+        if FAILED_TRIAL in t.system_attrs:
+            out[t.number] = out.get(int(t.system_attrs[FAILED_TRIAL]), -1)
+        else:
+            out[t.number], fresh = fresh, fresh + 1
+    return out
+
+
+def chain_draw(study: Study, number: int, system: dict[str, Any]) -> int:
+    """The draw index a trial stands for: its own if fresh, its chain's first trial's if a retry
+    (``failed_trial`` names that one, however many retries lie between)."""
+    return draw_index(study, int(system.get(FAILED_TRIAL, number)))
 
 
 class TrialSeededSampler(BaseSampler):
@@ -45,7 +66,7 @@ class TrialSeededSampler(BaseSampler):
         return f"TrialSeededSampler({self.inner!r}, seed={self.seed})"
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self.inner = self.make(trial_seed(self.seed, draw_index(study, trial)))
+        self.inner = self.make(trial_seed(self.seed, draw_index(study, trial.number)))
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
