@@ -94,11 +94,11 @@ def cmd_worker(a: argparse.Namespace) -> None:
     cfg = _config(a)
     from dataclasses import replace
 
-    from harness.study.arms import members
+    from harness.study.identity import checked_members
     from harness.study.worker import run_worker, run_worker_group
 
     per_gpu = a.processes or cfg.workers_per_gpu
-    for m in members(cfg, a.arm):
+    for m in checked_members(cfg, a.arm):
         who = f"{m.name}: " if m.arm is not None else ""
         if per_gpu > 1:
             m = replace(m, workers_per_gpu=per_gpu, raw=m.raw | {"workers_per_gpu": per_gpu})
@@ -110,14 +110,14 @@ def cmd_worker(a: argparse.Namespace) -> None:
 
 def cmd_run(a: argparse.Namespace) -> None:
     cfg = _config(a)
-    from harness.study.arms import members
     from harness.study.data import prepare
+    from harness.study.identity import checked_members
     from harness.study.lifecycle import create
     from harness.study.worker import run_worker
 
     prepare(cfg, allow_download=True)  # refuses a config the stored study would refuse, first
     create(cfg)
-    n = sum(run_worker(m, 0) for m in members(cfg))
+    n = sum(run_worker(m, 0) for m in checked_members(cfg))
     print(f"study {cfg.name}: this run added {n} trials")
 
 

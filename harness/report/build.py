@@ -94,7 +94,7 @@ def _this_incarnation(path: Path, uid: str, notes: list[str]) -> pd.DataFrame | 
     """A derived CSV, or None when it is missing or belongs to another incarnation of the study."""
     if not path.is_file():
         return None
-    df = pd.read_csv(path, dtype={"study_uid": str})  # "012e45..." must not become a number
+    df = pd.read_csv(path, dtype={"study_uid": str, "arm_uid": str})  # "012e45..." must stay text
     found = sorted(set(df["study_uid"].astype(str))) if "study_uid" in df else []
     if found != [uid]:
         was = f"uid {', '.join(found)}" if found else "no study uid: an older harness"

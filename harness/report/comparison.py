@@ -49,8 +49,10 @@ def load_comparison(cfg: StudyConfig) -> ComparisonData:
     uid = study_uid(load_study(cfg))
     frames = []
     notes = [*config_warnings(cfg, read_manifest(cfg))]
+    arm_uids = {}
     for a in arm_configs(cfg):
         study = load_study(a)
+        arm_uids[str(a.arm)] = study_uid(study)
         if study.user_attrs.get("parent_uid") not in (None, uid):
             notes.append(f"arm {a.arm} belongs to an earlier incarnation of {cfg.name}; left out")
             continue
@@ -69,7 +71,25 @@ def load_comparison(cfg: StudyConfig) -> ComparisonData:
     test = _this_incarnation(cfg.study_dir / "test.csv", uid, notes)
     comp = _this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
     arms = _this_incarnation(cfg.study_dir / "arms.csv", uid, notes)
+    stale = _stale_arms(test, arm_uids)
+    if stale:  # its pairs and Holm families were computed with another incarnation of these arms
+        notes.append(
+            f"the evaluation in {cfg.study_dir / 'test.csv'} used an earlier incarnation of arm(s)"
+            f" {', '.join(stale)} (re-created since), so it is left out: run 'harness evaluate' for this"
+            " study (the other arms' runs are stored and reused)"
+        )
+        test = comp = arms = None
     return ComparisonData(cfg, uid, trials, test, comp, arms, notes)
+
+
+def _stale_arms(test: pd.DataFrame | None, arm_uids: dict[str, str]) -> list[str]:
+    """Arms whose row in test.csv names another arm uid than the arm's study now has (a test.csv
+    written before arm uids were recorded cannot tell, and is taken as it is)."""
+    if test is None or "arm_uid" not in test:
+        return []
+    rows = test[test["kind"] == "arm"]
+    found = dict(zip(rows["arm"].astype(str), rows["arm_uid"].astype(str), strict=True))
+    return [arm for arm, uid in arm_uids.items() if arm in found and found[arm] != uid]
 
 
 # --- verdicts --------------------------------------------------------------------------------------

@@ -49,6 +49,12 @@ def arm_config(cfg: StudyConfig, arm: str) -> StudyConfig:
     return replace(build(raw, cfg.user, cfg.source), arm=arm, parent=cfg.name)
 
 
+def arm_at(cfg: StudyConfig, arm: str) -> StudyConfig:
+    """Where arm ``arm`` of this comparison lives (its study's name, storage and folder), also for an
+    arm this config no longer has: enough to find, count or set aside what it holds, not to run it."""
+    return replace(arm_config(cfg, cfg.arms[0]), name=f"{cfg.name}.{arm}", arm=arm)
+
+
 def arm_configs(cfg: StudyConfig) -> list[StudyConfig]:
     return [arm_config(cfg, a) for a in cfg.arms]
 

@@ -43,6 +43,7 @@ from harness.study.final import (
     summary_row,
     write_csv,
 )
+from harness.study.identity import load_study, study_uid
 from harness.study.sampler import draws
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def evaluate_arm(cfg: StudyConfig, arm: str) -> pd.DataFrame:
 
 def evaluate_comparison(cfg: StudyConfig) -> pd.DataFrame:
     """Run what is missing (the baseline, any arm's units), then write the comparison's tables."""
+    load_study(cfg)  # first: the comparison's record accepts this config and has every arm
     check_comparable(cfg)
     ev = Evaluator(cfg)
     baseline = run_units(cfg, ["baseline"], ev)["baseline"]
@@ -72,7 +74,7 @@ def evaluate_comparison(cfg: StudyConfig) -> pd.DataFrame:
         arm_ev = Evaluator(a)
         units = plan(a, arm_ev.study)
         results = run_units(a, [u.key for u in units], arm_ev)
-        by_seed[str(a.arm)] = [results[u.key][0] | {"arm": a.arm} for u in units]
+        by_seed[str(a.arm)] = [results[u.key][0] | {"arm": a.arm, "arm_uid": arm_ev.uid} for u in units]
         queries[str(a.arm)] = [results[u.key][1] for u in units]
         chosen[str(a.arm)] = units[0]
     summary = _summary(cfg, chosen, by_seed, queries)
@@ -94,7 +96,8 @@ def _summary(
     rows = [summary_row(BASELINE, "baseline", by_seed[BASELINE], queries[BASELINE], cfg) | {"epochs": 0}]
     for arm, u in chosen.items():
         row = summary_row(arm, "arm", by_seed[arm], queries[arm], cfg)
-        row |= {"arm": arm, "family": "offline" if is_offline(arm) else "online"}
+        row |= {"arm": arm, "arm_uid": by_seed[arm][0]["arm_uid"]}
+        row |= {"family": "offline" if is_offline(arm) else "online"}
         row |= {"trial": u.trial, "draw": u.draw, "val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:
             row |= asdict(u.params)
@@ -132,8 +135,6 @@ def _comparisons(
 
 def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
     """What each arm really used: its trials by state and the images they processed."""
-    from harness.study.identity import load_study
-
     rows = []
     for a in arm_configs(cfg):
         study = load_study(a)
@@ -149,6 +150,7 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
         rows.append(
             {
                 "arm": a.arm,
+                "arm_uid": study_uid(study),
                 "trials": len(trials),
                 "complete": states.count(TrialState.COMPLETE),
                 "pruned": states.count(TrialState.PRUNED),
@@ -176,6 +178,4 @@ def check_comparable(cfg: StudyConfig) -> None:
 
 
 def _complete(a: StudyConfig) -> bool:
-    from harness.study.identity import load_study
-
     return any(t.state == TrialState.COMPLETE for t in load_study(a).get_trials(deepcopy=False))

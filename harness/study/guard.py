@@ -7,13 +7,17 @@ config, journal, MLflow database) as it was.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from harness.errors import ConfigError
-from harness.study.config import StudyConfig, protocol_changes
+from harness.errors import ConfigError, HarnessError
+from harness.progress import duration
+from harness.study.arms import arm_at
+from harness.study.config import StudyConfig, protocol_changes, to_spec
 from harness.study.storage import open_storage
 
 
@@ -28,17 +32,153 @@ def stored_study(cfg: StudyConfig) -> optuna.Study | None:
         return None
 
 
+# --- a comparison's arms: the set it was created with, and what each holds ----------------------------
+
+
+def is_comparison(cfg: StudyConfig) -> bool:
+    return cfg.compare is not None and cfg.parent is None
+
+
+def created_arms(study: optuna.Study) -> list[str] | None:
+    """The arms of the config a comparison was created with (None: not a comparison's record)."""
+    stored = study.user_attrs.get("config")
+    if not isinstance(stored, dict) or not stored.get("compare"):
+        return None
+    spec = (stored.get("search_space") or {}).get(stored["compare"])
+    return None if spec is None else [str(v) for v in to_spec(spec).values()]
+
+
+def recorded_arms(cfg: StudyConfig, study: optuna.Study) -> dict[str, str | None]:
+    """The arms a comparison's creation finished, with each one's uid: its record's, or (a comparison
+    created before records held them) its study.json's, written once every arm existed. Empty while
+    the comparison is being created."""
+    arms = study.user_attrs.get("arms")
+    if not isinstance(arms, dict):
+        try:
+            arms = json.loads((cfg.study_dir / "study.json").read_text()).get("arms")
+        except (OSError, ValueError, AttributeError):
+            arms = None
+    return {str(k): None if v is None else str(v) for k, v in (arms or {}).items()}
+
+
+def holdings(cfg: StudyConfig, arms: list[str]) -> tuple[int, str]:
+    """What the studies of ``arms`` hold: their finished trials in all, and a phrase saying so."""
+    counts, evaluated = {}, 0
+    for arm in arms:
+        a = arm_at(cfg, arm)
+        s = stored_study(a)
+        counts[arm] = 0 if s is None else n_finished(s)
+        evaluated += len(list((a.study_dir / "evaluation").glob("run-*.npz")))
+    n = sum(counts.values())
+    text = f"{n} finished trial{'s' if n != 1 else ''} ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+    if evaluated:
+        text += f" and {evaluated} stored evaluation run{'s' if evaluated != 1 else ''} (re-trained on test)"
+    return n, text
+
+
+def _names(arms: list[str]) -> str:
+    return ", ".join(arms)
+
+
+def arm_set_error(cfg: StudyConfig, study: optuna.Study, old: list[str]) -> ConfigError:
+    """A comparison's arms are fixed when it is created: another set is another comparison."""
+    added = [a for a in cfg.arms if a not in old]
+    removed = [a for a in old if a not in cfg.arms]
+    what = " and ".join(
+        part
+        for part in (
+            f"adds {_names(added)}" if added else "",
+            f"removes {_names(removed)}" if removed else "",
+        )
+        if part
+    )
+    n, held = holdings(cfg, old)
+    delete = f"harness study delete --config {cfg.command_path}"
+    way_out = (
+        f"rename the study (name:) to compare the new set from scratch, or set the old one aside (it moves"
+        f" to {cfg.study_dir / 'attic'}/) with '{delete} --force', then rerun"
+        if n
+        else f"nothing is lost: run '{delete}', then rerun"
+    )
+    return ConfigError(
+        f"comparison {cfg.name!r} was created with the arms {_names(old)}; this config {what}, and its"
+        f" arms hold {held}; nothing was written: {way_out}"
+    )
+
+
+def lost_arms(cfg: StudyConfig, study: optuna.Study) -> list[str]:
+    """Arms the comparison was created with whose own study is gone (a deleted journal, a partial copy)."""
+    return [
+        arm for arm in recorded_arms(cfg, study) if arm in cfg.arms and stored_study(arm_at(cfg, arm)) is None
+    ]
+
+
+def lost_arm_error(cfg: StudyConfig, arm: str) -> HarnessError:
+    """What is missing, the ways on, and what starting the arm afresh costs (at the other arms' pace)."""
+    a = arm_at(cfg, arm)
+    others = [x for x in cfg.arms if x != arm]
+    n, held = holdings(cfg, others)
+    where = cfg.storage_url if cfg.storage else a.storage_url.removeprefix("journal:")
+    trials = a.budget.n_trials
+    pace = _pace(cfg, others)
+    cost = f"{trials} trials" if trials else "its trials"
+    if pace is not None and trials:
+        cost += f" (about {duration(pace * trials)} at the other arms' pace)"
+    return HarnessError(
+        f"arm {arm!r} of comparison {cfg.name!r} has no study: {where} holds no study {a.name!r} (deleted, or"
+        f" not copied with the rest), though the comparison was created with it; restore it from a copy, or"
+        f" run 'harness study create --config {cfg.command_path}' to start the arm afresh (what is left of"
+        f" its old results moves to {a.study_dir / 'attic'}/): it then runs {cost} again and is evaluated"
+        f" again; the other arms keep their {held}"
+    )
+
+
+def _pace(cfg: StudyConfig, arms: list[str]) -> float | None:
+    """Seconds per finished trial over ``arms``' trials, from their start and end times."""
+    spent = []
+    for arm in arms:
+        s = stored_study(arm_at(cfg, arm))
+        for t in (
+            [] if s is None else s.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        ):
+            if t.datetime_start and t.datetime_complete:
+                spent.append((t.datetime_complete - t.datetime_start).total_seconds())
+    return sum(spent) / len(spent) if spent else None
+
+
+def refuse_lost_arms(cfg: StudyConfig, study: optuna.Study | None = None) -> None:
+    """Refuse a comparison one of whose arms lost its study (the report would rank it with the old
+    numbers, ``snakemake`` would see nothing to do); ``harness study create`` starts it afresh."""
+    if not is_comparison(cfg):
+        return
+    study = study if study is not None else stored_study(cfg)
+    if study is None:
+        return
+    lost = lost_arms(cfg, study)
+    if lost:
+        raise lost_arm_error(cfg, lost[0])
+
+
+def comparison_of(arm: StudyConfig) -> StudyConfig:
+    """The comparison an arm belongs to, located from the arm's own config (to read its record)."""
+    return replace(arm, name=str(arm.parent), arm=None, parent=None)
+
+
 def n_finished(study: optuna.Study) -> int:
     states = (TrialState.COMPLETE, TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
 
 
 def changed_error(cfg: StudyConfig, study: optuna.Study) -> ConfigError:
-    """What differs, stored vs this config, and the two ways out (rename, or set the old one aside)."""
+    """What differs, stored vs this config, and the two ways out (rename, or set the old one aside).
+    A comparison's trials are its arms': they are what a change would lose."""
+    old = created_arms(study) if is_comparison(cfg) else None
+    if old is not None and set(old) != set(cfg.arms):
+        return arm_set_error(cfg, study, old)
     stored = study.user_attrs.get("config")
     diffs = protocol_changes(stored, cfg.raw) if isinstance(stored, dict) else []
     what = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-    n = n_finished(study)
+    n = n_finished(study) + (holdings(cfg, old)[0] if old is not None else 0)
     delete = f"harness study delete --config {cfg.command_path}"
     if n == 0:
         way_out = f"it has no finished trial, so nothing is lost: run '{delete}', then rerun"

@@ -11,8 +11,9 @@ from pathlib import Path
 import optuna
 
 from harness.errors import HarnessError, redact_url
+from harness.study.arms import members
 from harness.study.config import StudyConfig
-from harness.study.guard import changed_error
+from harness.study.guard import changed_error, is_comparison, refuse_lost_arms
 from harness.study.sampler import make_sampler
 from harness.study.storage import StaleCallback, open_storage
 from harness.tracking import Tracker
@@ -46,7 +47,17 @@ def tracker_for(cfg: StudyConfig) -> Tracker:
 
 def load_study(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optuna.Study:
     """Open an existing study; refuse it when it was created with another search space/protocol.
-    ``on_stale``: what a worker does with a trial whose worker died (see ``harness.study.sweep``)."""
+    ``on_stale``: what a worker does with a trial whose worker died (see ``harness.study.sweep``).
+    A comparison is refused too when one of its arms lost its study. A journal that is not there is
+    not created (opening one creates it)."""
+    missing = HarnessError(
+        f"study {cfg.name!r} does not exist in {cfg.storage_url}; run 'harness study create' first"
+    )
+    if (
+        cfg.storage_url.startswith("journal:")
+        and not Path(cfg.storage_url.removeprefix("journal:")).is_file()
+    ):
+        raise missing
     try:
         study = optuna.load_study(
             study_name=cfg.name,
@@ -55,12 +66,19 @@ def load_study(cfg: StudyConfig, on_stale: StaleCallback | None = None) -> optun
             pruner=pruner_for(cfg),
         )
     except KeyError:
-        raise HarnessError(
-            f"study {cfg.name!r} does not exist in {cfg.storage_url}; run 'harness study create' first"
-        ) from None
+        raise missing from None
     if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
         raise changed_error(cfg, study)
+    refuse_lost_arms(cfg, study)
     return study
+
+
+def checked_members(cfg: StudyConfig, arm: str | None = None) -> list[StudyConfig]:
+    """The studies a command runs (``harness.study.arms.members``), once a comparison's own record has
+    accepted this config: the arm set it was created with, and every arm's study still there."""
+    if is_comparison(cfg):
+        load_study(cfg)
+    return members(cfg, arm)
 
 
 def study_uid(study: optuna.Study) -> str:

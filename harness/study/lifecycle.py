@@ -16,9 +16,17 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
-from harness.study.arms import arm_configs
+from harness.study.arms import arm_at, arm_configs
 from harness.study.config import MANIFEST, StudyConfig, config_warnings, write_config
-from harness.study.guard import changed_error, n_finished, refuse_changed, stored_study
+from harness.study.guard import (
+    changed_error,
+    created_arms,
+    lost_arms,
+    n_finished,
+    recorded_arms,
+    refuse_changed,
+    stored_study,
+)
 from harness.study.identity import (
     check_writable,
     pruner_for,
@@ -84,7 +92,19 @@ def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
         "mlflow_parent_run_id": parent,
     }
     if cfg.compare is not None:  # last: study.json marks the comparison and every arm as created
+        lost = {arm: recorded_arms(cfg, study)[arm] for arm in lost_arms(cfg, study)}
+        for arm, old in lost.items():
+            _set_aside_leftovers(arm_at(cfg, arm), old)
         info["arms"] = {a.arm: create(a, study_uid(study))["uid"] for a in arm_configs(cfg)}
+        for arm in lost:
+            log.warning(
+                "study %s: arm %s had lost its study; it is created afresh (uid %s) and runs its trials"
+                " again, then its evaluation; the other arms keep theirs",
+                cfg.name,
+                arm,
+                info["arms"][arm],
+            )
+        study.set_user_attr("arms", info["arms"])
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     (cfg.study_dir / "study.json").write_text(json.dumps(info, indent=1))
     return info
@@ -125,7 +145,11 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
     study = stored_study(cfg)
     if study is None:
         raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
-    members = [(cfg, study)] + [(a, s) for a in arm_configs(cfg) if (s := stored_study(a)) is not None]
+    # every arm the comparison was created with or has now (an arm set changed since is set aside too)
+    arms = [*(created_arms(study) or []), *recorded_arms(cfg, study), *cfg.arms] if cfg.compare else []
+    located = [arm_at(cfg, arm) for arm in dict.fromkeys(arms)]
+    members = [(cfg, study)] + [(a, s) for a in located if (s := stored_study(a)) is not None]
+    gone = [a for a in located if stored_study(a) is None and a.study_dir.is_dir()]
     with contextlib.ExitStack() as stack:
         for member, _ in members:  # every arm's lock: no worker of any arm takes a trial meanwhile
             stack.enter_context(stack.enter_context(budget_lock(member.storage_url, member.name)))
@@ -133,6 +157,8 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         uid = study_uid(study)
         attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
+        for a in gone:  # an arm whose study was lost: what it left
+            _move_derived(a, attic / "arms" / str(a.arm))
         for member, s in reversed(members):  # the arms first: the comparison's record goes last
             _set_aside(member, s, attic if member is cfg else attic / "arms" / str(member.arm))
             if member.parent is not None:
@@ -165,6 +191,21 @@ def _deletable(cfg: StudyConfig, study: optuna.Study, force: bool) -> int:
     return n
 
 
+def _set_aside_leftovers(cfg: StudyConfig, uid: str | None) -> None:
+    """What an arm whose study is gone left behind (its trials' folders, evaluation, worker marks)
+    moves to its attic: none of it belongs to the arm created afresh, and Snakemake must not take
+    the old marks for the new arm's work."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    attic = cfg.study_dir / "attic" / f"{uid or 'lost'}-{stamp}"
+    moved = [name for name in DERIVED if (cfg.study_dir / name).exists()]
+    if not moved:
+        return
+    attic.mkdir(parents=True, exist_ok=True)
+    for name in moved:
+        shutil.move(str(cfg.study_dir / name), str(attic / name))
+    log.warning("study %s: what its lost study left (%s) is in %s", cfg.name, ", ".join(moved), attic)
+
+
 def _set_aside(cfg: StudyConfig, study: optuna.Study, attic: Path) -> None:
     attic.mkdir(parents=True, exist_ok=True)
     study.trials_dataframe().to_csv(attic / "trials.csv", index=False)
@@ -172,7 +213,12 @@ def _set_aside(cfg: StudyConfig, study: optuna.Study, attic: Path) -> None:
         shutil.move(str(cfg.study_dir / "optuna.journal"), str(attic / "optuna.journal"))
     else:
         optuna.delete_study(study_name=cfg.name, storage=open_storage(cfg.storage_url))
+    _move_derived(cfg, attic)
+
+
+def _move_derived(cfg: StudyConfig, attic: Path) -> None:
     for name in DERIVED:
         src = cfg.study_dir / name
         if src.exists():
+            attic.mkdir(parents=True, exist_ok=True)
             shutil.move(str(src), str(attic / name))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.study.arms import members
 from harness.study.comparison import evaluate_arm, evaluate_comparison
 from harness.study.config import StudyConfig
 from harness.study.final import evaluate_shard, evaluate_study, run_units
+from harness.study.identity import checked_members
 from harness.study.worker import run_worker_group
 
 
@@ -24,13 +24,14 @@ def work(
 ) -> int:
     """Run trials until the budget is met: the study's, one arm's, or (no ``arm``) every arm's in
     turn. Returns the trials the study (or the last arm) has finished."""
-    return [run_worker_group(m, config_path, worker, threads) for m in members(cfg, arm)][-1]
+    return [run_worker_group(m, config_path, worker, threads) for m in checked_members(cfg, arm)][-1]
 
 
 def evaluate(cfg: StudyConfig, shard: int | None = None, arm: str | None = None) -> pd.DataFrame | None:
     """The final evaluation: one shard of a study, one arm of a comparison, or the whole of either
     (its missing runs, then its tables; returns ``test.csv``'s frame)."""
     if arm is not None:
+        checked_members(cfg, arm)  # the comparison accepts this config and has every arm
         evaluate_arm(cfg, arm)
         return None
     if shard is not None:
