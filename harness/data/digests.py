@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data.base import ImageList
@@ -65,8 +66,29 @@ def _read_index(path: Path) -> dict[str, list]:
         return {}  # none yet, or damaged: every file is hashed again, nothing worse
 
 
+@dataclass(frozen=True)
+class Content:
+    """What a copy holds: its content key and each listed file's SHA-256 (``missing``: not there)."""
+
+    key: str
+    files: dict[str, str]
+
+    def changed_since(self, before: dict[str, str]) -> list[str]:
+        """The files whose bytes differ from ``before`` (a path -> digest record), or that are only
+        in one of the two: replaced first, then missing, then new."""
+        replaced = [p for p, d in before.items() if p in self.files and self.files[p] != d]
+        gone = [p for p in before if p not in self.files]
+        new = [p for p in self.files if p not in before]
+        return replaced + gone + new
+
+
 def content_key(images: ImageList, cache_dir: Path, threads: int | None = None) -> str:
     """A 16-hex-digit key of the copy's file list, labels and bytes (see the module doc)."""
+    return content(images, cache_dir, threads).key
+
+
+def content(images: ImageList, cache_dir: Path, threads: int | None = None) -> Content:
+    """The copy's content key and every file's digest (see the module doc)."""
     path = index_path(images, cache_dir)
     known = _read_index(path)
     sigs = [_signature(images.absolute(i)) for i in range(len(images))]
@@ -80,14 +102,16 @@ def content_key(images: ImageList, cache_dir: Path, threads: int | None = None) 
                 progress.update()
     h = hashlib.sha256(images.dataset.encode())
     files: dict[str, list] = {}
+    listed: dict[str, str] = {}
     for p, y, s in zip(images.paths, images.labels.tolist(), sigs, strict=True):
         d = MISSING if s is None else digests[p]
         h.update(f"{p}\t{y}\t{d}\n".encode())
+        listed[p] = d
         if s is not None and d != MISSING:
             files[p] = [*s, d]
     if stale or len(files) != len(known):
         _write_index(path, images, files)
-    return h.hexdigest()[:16]
+    return Content(h.hexdigest()[:16], listed)
 
 
 def _write_index(path: Path, images: ImageList, files: dict[str, list]) -> None:

@@ -16,13 +16,13 @@ from torch import nn
 
 from harness.data import get_dataset
 from harness.data.cache import load_image_cache
-from harness.data.digests import content_key
+from harness.data.digests import content
 from harness.data.splits import make_split, write_manifest
 from harness.errors import DataError
 from harness.models import create_trunk
 from harness.params import TrialParams
 from harness.study.config import StudyConfig, check_split, config_warnings
-from harness.study.guard import refuse_changed
+from harness.study.guard import refuse_changed, store_content
 from harness.study.trunks import Prepared, TrunkPool, get_trunk
 from harness.training import Source
 
@@ -85,15 +85,19 @@ def prepare(
     mode = get_trunk(cfg)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
     mode.check(trunk)  # against the built backbone, before anything is written
+    # the copy's bytes: they name every cache (a changed image never reuses one), and a study whose
+    # images changed since its search is refused
+    held = content(images, cfg.cache_dir)
+    refuse_changed(cfg, content=held)  # before any cache is built from changed bytes
     if write:
-        refuse_changed(cfg, split.manifest)  # another copy of the data must not replace the manifest
+        refuse_changed(cfg, split.manifest, held)  # another copy of the data must not replace the manifest
         write_manifest(split, cfg.manifest_path)
+        store_content(cfg, held)
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)
-    key = content_key(images, cfg.cache_dir)  # names every cache: a changed image never reuses one
-    images_u8 = load_image_cache(images, key, cfg.cache_px, cfg.cache_dir)
-    inputs = mode.prepare(images, key, images_u8, trunk, info, device)
-    return Prepared(cfg, mode, images, split, images_u8, info, inputs)
+    images_u8 = load_image_cache(images, held.key, cfg.cache_px, cfg.cache_dir)
+    inputs = mode.prepare(images, held.key, images_u8, trunk, info, device)
+    return Prepared(cfg, mode, images, split, images_u8, info, inputs, held)
 
 
 def hpo_sources(

@@ -8,12 +8,14 @@ config, journal, MLflow database) as it was.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from harness.data.digests import Content
 from harness.errors import ConfigError, HarnessError
 from harness.progress import duration
 from harness.study.arms import arm_at
@@ -193,14 +195,77 @@ def changed_error(cfg: StudyConfig, study: optuna.Study) -> ConfigError:
     )
 
 
-def refuse_changed(cfg: StudyConfig, manifest: dict | None = None) -> None:
+# --- the bytes a study was searched on -------------------------------------------------------------
+
+DIGESTS = "dataset_digests.json"  # beside the split manifest: every file's SHA-256 the search saw
+
+
+def digests_path(cfg: StudyConfig) -> Path:
+    return cfg.manifest_path.with_name(DIGESTS)
+
+
+def stored_content(cfg: StudyConfig) -> dict | None:
+    """The content record ``prepare`` keeps (``{"key", "files"}``), or None."""
+    try:
+        data = json.loads(digests_path(cfg).read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def store_content(cfg: StudyConfig, content: Content) -> None:
+    """Atomic, and a no-op while the key is the same (its mtime is no Snakemake trigger)."""
+    stored = stored_content(cfg)
+    if stored is not None and stored.get("key") == content.key:
+        return
+    path = digests_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": content.key, "files": content.files}))
+    tmp.replace(path)
+
+
+def data_changed_error(cfg: StudyConfig, content: Content, searched: str) -> HarnessError:
+    """A study whose images changed under it: which file, and the two ways on."""
+    stored = stored_content(cfg)
+    changed = content.changed_since(stored["files"]) if stored and stored.get("key") == searched else []
+    if changed:
+        first = changed[0]
+        what = (
+            "is gone"
+            if first not in content.files
+            else "is new"
+            if first not in stored["files"]  # type: ignore[index]
+            else "has other bytes"
+        )
+        more = (
+            f" (and {len(changed) - 1} more file{'s' if len(changed) != 2 else ''})"
+            if len(changed) > 1
+            else ""
+        )
+        head = f"{first} {what}{more}"
+    else:
+        head = f"content key {content.key}, searched on {searched}"
+    return HarnessError(
+        f"the data of study {cfg.name!r} changed since its search ({head}): its trials were trained and"
+        " validated on the old images, and new ones would mix two datasets; restore the copy the search"
+        " used, or search the new data as a new study: rename the study (name:), or set this one aside"
+        f" with 'harness study delete --config {cfg.command_path} --force'"
+    )
+
+
+def refuse_changed(cfg: StudyConfig, manifest: dict | None = None, content: Content | None = None) -> None:
     """Refuse a config the stored study would refuse; with the split ``manifest`` the data now
-    gives, also data other than the search ran on (another split, another copy of the dataset)."""
+    gives, also data other than the search ran on (another split, another copy of the dataset); with
+    the copy's ``content``, a copy whose bytes changed since the search (a replaced image)."""
     study = stored_study(cfg)
     if study is None:
         return
     if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
         raise changed_error(cfg, study)
+    searched = study.user_attrs.get("dataset_content")
+    if content is not None and searched and content.key != searched:
+        raise data_changed_error(cfg, content, searched)
     if manifest is None:
         return
     path = cfg.manifest_path

@@ -25,6 +25,7 @@ from harness.study.guard import (
     n_finished,
     recorded_arms,
     refuse_changed,
+    stored_content,
     stored_study,
 )
 from harness.study.identity import (
@@ -79,6 +80,7 @@ def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
             study.set_user_attr("config", cfg.to_dict())
             study.set_user_attr("split_hash", manifest.get("hash"))
             study.set_user_attr("dataset_files", manifest.get("dataset_files"))
+            study.set_user_attr("dataset_content", (stored_content(cfg) or {}).get("key"))
             study.set_user_attr("space_hash", cfg.space_hash())  # last: the study is complete
         parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
     for w in config_warnings(cfg, read_manifest(cfg)):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from harness.data.base import ImageList
+from harness.data.digests import Content
 from harness.data.splits import Split
 from harness.models import EmbeddingHead, TrunkInfo, create_trunk
 from harness.params import TABLE, HyperParam, TrialParams
@@ -43,6 +44,7 @@ class Prepared:
     images_u8: np.ndarray
     trunk_info: TrunkInfo
     inputs: Any = None  # the mode's own cache: features, activations per cut, or nothing
+    content: Content | None = None  # the copy's content key and file digests
 
 
 class TrunkMode(ABC):
