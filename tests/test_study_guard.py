@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures import make_cub
-from test_nothing_lost import one_error_line
 from test_found_by_users import _same_size_stand_in
+from test_nothing_lost import one_error_line
 from test_pipeline import tiny_config
 
 from harness.cli import main
@@ -59,10 +59,8 @@ def test_a_study_whose_image_was_replaced_is_refused_by_every_command_naming_the
     before = study_files(cfg.study_dir)
     for argv in (["study", "run"], ["study", "worker"], ["data", "prepare"], ["evaluate"]):
         msg = one_error_line(main([*argv, "--config", str(path)]), capsys.readouterr().err)
-        assert f"the data of study '{cfg.name}' changed since its search ({changed} has other bytes)" in msg, (
-            argv,
-            msg,
-        )
+        want = f"the data of study '{cfg.name}' changed since its search ({changed} has other bytes)"
+        assert want in msg, (argv, msg)
         assert "restore the copy the search used" in msg and "rename the study" in msg and "--force" in msg
         assert study_files(cfg.study_dir) == before, argv
     assert main(["study", "delete", "--config", str(path), "--force"]) == 0  # a way on: a new study
