@@ -24,7 +24,7 @@ from harness.params import TABLE, HyperParam, is_offline
 from harness.report import figures as F
 from harness.report.page import Page
 from harness.study.config import StudyConfig, config_warnings
-from harness.study.identity import load_study, read_manifest, study_uid, tracker_for
+from harness.study.identity import load_study, read_manifest, settle_parent, study_uid, tracker_for
 
 
 @dataclass
@@ -614,6 +614,6 @@ def _log_to_mlflow(cfg: StudyConfig, uid: str, page: Path) -> None:
         parent = tracker.parent_run(cfg.name, uid, cfg.to_dict())
         tracker.log_file(parent, page, "report")
         tracker.client.log_artifacts(parent, str(page.parent / "tables"), "report/tables")
-        tracker.client.set_terminated(parent, status="FINISHED")  # the study's pipeline is done
+        settle_parent(cfg)  # FINISHED where the budget is met and no worker is alive
     except Exception as e:  # the page is the product; MLflow holds a copy of it
         print(f"warning: report not logged to MLflow for {cfg.name}: {e}")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
 from harness.errors import HarnessError, redact_url
-from harness.study.arms import members
-from harness.study.config import StudyConfig
-from harness.study.guard import changed_error, is_comparison, refuse_lost_arms
+from harness.study.arms import arm_at, members
+from harness.study.config import StudyConfig, build
+from harness.study.guard import changed_error, is_comparison, n_finished, refuse_lost_arms, stored_study
+from harness.study.presence import live_workers
 from harness.study.sampler import make_sampler
 from harness.study.storage import StaleCallback, open_storage
 from harness.tracking import Tracker
@@ -128,3 +131,61 @@ def parent_run(cfg: StudyConfig, study: optuna.Study, tracker: Tracker) -> str:
             len(finished),
         )
     return run
+
+
+# --- the MLflow parent run says what the study is doing ----------------------------------------------
+
+
+def activity(cfg: StudyConfig, leaving: bool = False) -> tuple[bool, int, bool]:
+    """(a worker is alive, finished trials, the budget is met); a comparison's: over its arms.
+    ``leaving``: this process is a worker on its way out, not counted."""
+    if is_comparison(cfg):
+        parts = [activity(arm_at(cfg, a), leaving) for a in cfg.arms]
+        return any(p[0] for p in parts), sum(p[1] for p in parts), all(p[2] for p in parts)
+    study = stored_study(cfg)
+    n = 0 if study is None else n_finished(study)
+    met = study is not None and (cfg.budget.n_trials is None or n >= cfg.budget.n_trials)
+    me = (os.uname().nodename, os.getpid())
+    live = [r for _, r in live_workers(cfg) if not (leaving and (r.get("host"), r.get("pid")) == me)]
+    return bool(live), n, met
+
+
+def parent_status(cfg: StudyConfig, failed: bool = False, leaving: bool = False) -> str:
+    """RUNNING while a worker of the study is alive; else FINISHED once its budget is met, SCHEDULED
+    before its first finished trial, FAILED when the last worker failed, KILLED when stopped short."""
+    alive, n, met = activity(cfg, leaving)
+    if alive:
+        return "RUNNING"
+    if met:
+        return "FINISHED"
+    return "FAILED" if failed else "KILLED" if n else "SCHEDULED"
+
+
+def comparison_config(arm: StudyConfig) -> StudyConfig | None:
+    """The comparison an arm belongs to, from the config its record stores (None: no record)."""
+    home = replace(arm, name=str(arm.parent), arm=None, parent=None, compare=None)
+    study = stored_study(home)
+    stored = None if study is None else study.user_attrs.get("config")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return build(stored, arm.user, arm.source)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def settle_parent(cfg: StudyConfig, failed: bool = False, leaving: bool = False) -> None:
+    """Set the study's parent run (and an arm's comparison's) to what the study is doing now. Never
+    creates a run; a tracking store that cannot be reached costs a warning, not the command."""
+    targets = [cfg] + ([c] if cfg.parent is not None and (c := comparison_config(cfg)) else [])
+    for c in targets:
+        try:
+            study = stored_study(c)
+            if study is None:
+                continue
+            tracker = tracker_for(c)
+            run = tracker.find_parent(c.name, study_uid(study))
+            if run is not None:
+                tracker.set_status(run, parent_status(c, failed, leaving))
+        except Exception as e:  # the study's own records are intact either way
+            log.warning("study %s: could not set its MLflow parent run's status (%s)", c.name, e)

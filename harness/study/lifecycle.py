@@ -33,6 +33,7 @@ from harness.study.identity import (
     pruner_for,
     read_manifest,
     sampler_for,
+    settle_parent,
     storage_for,
     study_uid,
     tracker_for,
@@ -109,6 +110,7 @@ def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
         study.set_user_attr("arms", info["arms"])
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     (cfg.study_dir / "study.json").write_text(json.dumps(info, indent=1))
+    settle_parent(cfg)  # SCHEDULED until a worker runs (RUNNING), FINISHED once the budget is met
     return info
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from harness.study.comparison import evaluate_arm, evaluate_comparison
 from harness.study.config import StudyConfig
 from harness.study.final import evaluate_shard, evaluate_study, run_units
-from harness.study.identity import checked_members
+from harness.study.identity import checked_members, settle_parent
 from harness.study.worker import run_worker_group
 
 
@@ -31,13 +31,16 @@ def evaluate(cfg: StudyConfig, shard: int | None = None, arm: str | None = None)
     """The final evaluation: one shard of a study, one arm of a comparison, or the whole of either
     (its missing runs, then its tables; returns ``test.csv``'s frame)."""
     if arm is not None:
-        checked_members(cfg, arm)  # the comparison accepts this config and has every arm
+        (a,) = checked_members(cfg, arm)  # the comparison accepts this config and has every arm
         evaluate_arm(cfg, arm)
+        settle_parent(a)
         return None
     if shard is not None:
         evaluate_shard(cfg, shard)
         return None
-    return evaluate_comparison(cfg) if cfg.compare is not None else evaluate_study(cfg)
+    df = evaluate_comparison(cfg) if cfg.compare is not None else evaluate_study(cfg)
+    settle_parent(cfg)  # evaluated: FINISHED where the budget is met and no worker is alive
+    return df
 
 
 def evaluate_baseline(cfg: StudyConfig) -> None:

@@ -30,7 +30,14 @@ from harness.progress import duration
 from harness.study.config import StudyConfig
 from harness.study.data import prepare, resolve_device
 from harness.study.failures import WorkerStopped, describe, resource_error
-from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
+from harness.study.identity import (
+    check_writable,
+    load_study,
+    parent_run,
+    settle_parent,
+    study_uid,
+    tracker_for,
+)
 from harness.study.objective import Objective
 from harness.study.optuna_api import heartbeat
 from harness.study.presence import registered
@@ -82,46 +89,61 @@ def _run_worker(cfg: StudyConfig, worker: int) -> int:
     study = load_study(cfg, on_stale=StaleTrialHandler(cfg))
     check_writable(cfg)
     with registered(cfg), budget_lock(cfg.storage_url, cfg.name) as lock:
-        with lock:
-            sweep(study, cfg)
-        if finished(study) >= n_trials and not counts(study)[TrialState.WAITING]:
-            log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
-            return 0
-        device = resolve_device(cfg.device)
-        prep = prepare(cfg, device)
-        tracker = tracker_for(cfg)
-        parent = parent_run(cfg, study, tracker)
-        reconcile_runs(study, tracker, parent)
-        objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
-        with Signals() as signals:
-            try:
-                return _loop(cfg, study, objective, worker, n_trials, lock, signals)
-            except KeyboardInterrupt as e:
-                signals.interruptible = False
-                requeued = _requeue_interrupted(study, objective, cfg, lock)
-                raise Interrupted(
-                    f"worker {worker} stopped by {signal_name(e)}"
-                    + (
-                        f"; trial {requeued} is re-queued and resumes from its checkpoint"
-                        if requeued is not None
-                        else ""
-                    )
-                ) from None
-            except WorkerStopped as e:
-                try:
-                    requeued = _requeue_interrupted(study, objective, cfg, lock)
-                except Exception as again:  # the disk is still full: the next worker's sweep re-queues it
-                    log.warning("trial %d: could not re-queue it now (%s)", e.trial, describe(again))
-                    requeued = None
-                then = (
-                    f"trial {e.trial} is re-queued and resumes from its last checkpoint"
+        failed = False
+        try:
+            return _work(cfg, worker, study, lock, n_trials)
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except BaseException:
+            failed = True
+            raise
+        finally:  # RUNNING only while a worker is alive: the last one out says how the study stands
+            settle_parent(cfg, failed, leaving=True)
+
+
+def _work(cfg: StudyConfig, worker: int, study: optuna.Study, lock: BudgetLock, n_trials: int) -> int:
+    """The worker's work once registered and holding the budget lock's handle."""
+    with lock:
+        sweep(study, cfg)
+    if finished(study) >= n_trials and not counts(study)[TrialState.WAITING]:
+        log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
+        return 0
+    device = resolve_device(cfg.device)
+    prep = prepare(cfg, device)
+    tracker = tracker_for(cfg)
+    parent = parent_run(cfg, study, tracker)
+    settle_parent(cfg)  # RUNNING (and an arm's comparison)
+    reconcile_runs(study, tracker, parent)
+    objective = Objective(cfg, prep, device, tracker, parent, uid=study_uid(study))
+    with Signals() as signals:
+        try:
+            return _loop(cfg, study, objective, worker, n_trials, lock, signals)
+        except KeyboardInterrupt as e:
+            signals.interruptible = False
+            requeued = _requeue_interrupted(study, objective, cfg, lock)
+            raise Interrupted(
+                f"worker {worker} stopped by {signal_name(e)}"
+                + (
+                    f"; trial {requeued} is re-queued and resumes from its checkpoint"
                     if requeued is not None
-                    else f"the next worker re-queues trial {e.trial} and resumes it from its checkpoint"
+                    else ""
                 )
-                raise HarnessError(
-                    f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space,"
-                    f" permissions and the storage under {cfg.results}, then rerun: {then}"
-                ) from None
+            ) from None
+        except WorkerStopped as e:
+            try:
+                requeued = _requeue_interrupted(study, objective, cfg, lock)
+            except Exception as again:  # the disk is still full: the next worker's sweep re-queues it
+                log.warning("trial %d: could not re-queue it now (%s)", e.trial, describe(again))
+                requeued = None
+            then = (
+                f"trial {e.trial} is re-queued and resumes from its last checkpoint"
+                if requeued is not None
+                else f"the next worker re-queues trial {e.trial} and resumes it from its checkpoint"
+            )
+            raise HarnessError(
+                f"worker {worker} stopped in trial {e.trial}: {describe(e.error)}; check free space,"
+                f" permissions and the storage under {cfg.results}, then rerun: {then}"
+            ) from None
 
 
 def run_worker_group(

@@ -173,10 +173,7 @@ class Tracker:
 
     def parent_run(self, study: str, uid: str, config: dict) -> str:
         """The study's parent run; ``uid`` tells a re-created study (new runs) from a re-opened one."""
-        run_id = self._find(
-            f"tags.`harness.kind` = 'study' and tags.`harness.study` = '{study}'"
-            f" and tags.`harness.uid` = '{uid}'"
-        )
+        run_id = self.find_parent(study, uid)
         if run_id is None:
             tags = {"harness.kind": "study", "harness.study": study, "harness.uid": uid}
             run = self.client.create_run(self.experiment_id, run_name=f"study-{study}", tags=tags)
@@ -184,6 +181,20 @@ class Tracker:
             self.created_parent = True
             self.log_params(run_id, _flatten(config))
         return run_id
+
+    def find_parent(self, study: str, uid: str) -> str | None:
+        """The study's parent run if it exists (never creates one)."""
+        return self._find(
+            f"tags.`harness.kind` = 'study' and tags.`harness.study` = '{study}'"
+            f" and tags.`harness.uid` = '{uid}'"
+        )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """RUNNING / SCHEDULED, or a terminal status (FINISHED, KILLED, FAILED) with its end time."""
+        if status in ("RUNNING", "SCHEDULED"):
+            self.client.update_run(run_id, status=status)
+        else:
+            self.client.set_terminated(run_id, status=status)
 
     def trial_run(
         self,
