@@ -44,11 +44,15 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _config(a: argparse.Namespace, path: str | None = None):  # noqa: ANN202 (StudyConfig, lazily)
-    """Load and check the study config first (cheap); only then pay for torch and friends."""
+def _config(a: argparse.Namespace, path: str | None = None, tracked: bool = True):  # noqa: ANN202
+    """Load and check the study config first (cheap); then, for a command that tracks, whether its
+    MLflow server answers (before minutes of data preparation); only then pay for torch and friends."""
     from harness.study import load_config
+    from harness.tracking.reachable import check_reachable
 
     cfg = load_config(path or a.config)
+    if tracked:
+        check_reachable(cfg.tracking_uri)
     _threads(a.threads)
     return cfg
 
@@ -57,7 +61,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
     if a.config:
         from harness.study.data import resolve_root
 
-        cfg = _config(a)
+        cfg = _config(a, tracked=False)
         name, root, strict = cfg.dataset, resolve_root(cfg), cfg.strict_counts
     else:
         if not a.root:
@@ -74,7 +78,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    cfg = _config(a)
+    cfg = _config(a, tracked=False)
     from harness.study.data import prepare
 
     p = prepare(cfg, allow_download=True)
@@ -122,7 +126,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_delete(a: argparse.Namespace) -> None:
-    cfg = _config(a)
+    cfg = _config(a, tracked=False)
     from harness.study.lifecycle import delete_study
 
     attic = delete_study(cfg, force=a.force)

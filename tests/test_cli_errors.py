@@ -402,3 +402,56 @@ def test_unreachable_mlflow_store_is_one_line_without_the_password(
     msg = one_error_line(code, err)
     assert "MLflow tracking store postgresql://harness:***@127.0.0.1:1/mlflow" in msg, msg
     assert "s3cret" not in msg and "check the URL" in msg
+
+
+# --- issue #19.5: what a user meets at a command's start ------------------------------------------
+
+
+def test_an_unreachable_tracking_server_stops_study_run_before_the_data_is_prepared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_study(tmp_path, mlflow_uri=f"http://127.0.0.1:{port}")))
+    for argv in (["study", "run"], ["study", "create"], ["study", "worker"], ["evaluate"]):
+        code, _, err = cli([*argv, "--config", str(path)], capsys)
+        assert f"MLflow tracking server http://127.0.0.1:{port} does not answer" in one_error_line(code, err)
+        assert not (tmp_path / "results").exists(), argv  # no cache, no manifest, no journal
+
+
+def test_val_fraction_with_val_folds_is_refused_and_tiny_folds_are_warned(tmp_path: Path) -> None:
+    from harness.errors import ConfigError
+    from harness.study.config import config_warnings, parse_config
+
+    raw = tiny_study(tmp_path)
+    with pytest.raises(ConfigError, match="val_fraction 0.3 and val_folds 4 are both set"):
+        parse_config(raw | {"val_folds": 4, "val_fraction": 0.3})
+    parse_config(raw | {"val_folds": 1, "val_fraction": 0.3})  # a carve-out: fine
+    cfg = parse_config(raw | {"val_folds": 50})
+    manifest = {"folds": [[2 * i, 2 * i + 1] for i in range(50)]}  # 100 training classes, 2 per fold
+    (warning,) = [w for w in config_warnings(cfg, manifest) if "val_folds" in w]
+    assert "val_folds 50 leaves 2 classes in a validation fold, fewer than 10" in warning
+    assert not [w for w in config_warnings(cfg, {"folds": [list(range(25))] * 4}) if "val_folds" in w]
+
+
+def test_an_rdb_without_a_lock_warns_once_and_sqlite_has_a_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from harness.study.storage import BudgetLock
+
+    with caplog.at_level(logging.WARNING, "harness.study.storage"):
+        for _ in range(2):
+            BudgetLock("mysql://u@127.0.0.1:1/optuna", "s").close()
+        lock = BudgetLock(f"sqlite:///{tmp_path / 'optuna.db'}", "s")
+    said = [r.getMessage() for r in caplog.records]
+    once = "storage mysql: no cross-worker lock; with several workers the budget may overshoot by workers - 1"
+    assert said.count(f"{once} trials") == 1
+    with lock:  # a second process would wait here: the flock'd file beside the database
+        assert (tmp_path / "optuna.db.s.budget.lock").is_file()
+    lock.close()

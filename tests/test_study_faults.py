@@ -61,6 +61,15 @@ def test_always_failing_trials_stop_the_worker(data_root: Path, tmp_path: Path) 
         run_worker(cfg, 0)
     states = [t.state for t in load_study(cfg).trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 3  # max(3, n_trials) then stop, not forever
+    # each failed trial says why where the report points (#19.5), and the report says it too
+    for n in range(3):
+        text = (cfg.study_dir / "trials" / str(n) / "error.txt").read_text()
+        assert text.startswith(f"trial {n} failed: loss is nan at epoch 1; lower lr"), text
+    from harness.report import build_report
+
+    page = Path(build_report(cfg)).read_text()
+    assert "No trial completed (3 failed: loss is nan at epoch 1; lower lr (3 trials)" in page
+    assert f"{cfg.study_dir / 'trials'}/&lt;n&gt;/error.txt" in page
 
 
 def test_recreated_study_gets_fresh_mlflow_runs(data_root: Path, tmp_path: Path) -> None:

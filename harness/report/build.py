@@ -315,16 +315,36 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
+def _why(d: StudyData, failed: pd.DataFrame) -> str:
+    """The failed trials' reasons, most common first, and where each one's record is."""
+    if failed.empty:
+        return ""
+    reasons = (
+        failed["fail_reason"].fillna("worker stopped")
+        if "fail_reason" in failed
+        else pd.Series(["?"] * len(failed))
+    )
+    counts = reasons.value_counts()
+    said = "; ".join(f"{html.escape(str(r))} ({n} trial{'s' if n != 1 else ''})" for r, n in counts.items())
+    first = int(failed["number"].iloc[0])
+    record = d.cfg.study_dir / "trials" / str(first) / "error.txt"
+    where = (
+        f"; each one's record: {html.escape(str(record.parent.parent))}/&lt;n&gt;/error.txt"
+        if record.is_file()
+        else ""
+    )
+    return f": {said}{where}"
+
+
 def _headline(d: StudyData) -> str:
     """The sentence a reader wants: the best config's test R@1 with its interval, against the baseline."""
     test, comp = d.test, d.comparisons
     if test is None or comp is None:
         if not (d.trials["state"] == "COMPLETE").any():
-            failed = d.trials[d.trials["state"] == "FAIL"]["number"].tolist()
-            where = f"; see {d.cfg.study_dir / 'trials'}/&lt;n&gt;/error.txt for why" if failed else ""
+            failed = d.trials[d.trials["state"] == "FAIL"]
             return (
-                f"No trial completed ({len(failed)} failed{where}): there is nothing to evaluate yet. Fix the"
-                " cause, then run the study again."
+                f"No trial completed ({len(failed)} failed{_why(d, failed)}): there is nothing to evaluate"
+                " yet. Fix the cause, then run the study again."
             )
         return "No final evaluation yet: run <code>harness evaluate</code>."
     best = test[test["kind"] == "top"].iloc[0]

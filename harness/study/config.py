@@ -464,6 +464,12 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
     cfg = build(raw, copy.deepcopy(data), source)
     _check_space(cfg, source)
     _check_compare(cfg, source)
+    if cfg.val_folds > 1 and data.get("val_fraction") is not None:
+        raise ConfigError(
+            f"{source}: val_fraction {data['val_fraction']} and val_folds {cfg.val_folds} are both set: with"
+            " k folds every training class validates once (1/k of them per fold) and val_fraction does"
+            " not apply; remove val_fraction, or set val_folds: 1 to carve out that fraction"
+        )
     if cfg.strict_counts:  # a subset: checked against the classes present when its data is loaded
         check_split(cfg, len(DATASETS.get(cfg.dataset).train_classes), source)
     return cfg
@@ -594,6 +600,9 @@ def check_carve_out(n_train_classes: int, val_fraction: float, widest_p: int, wh
     )
 
 
+MIN_VAL_CLASSES = 10  # a validation fold with fewer gives a noisy R@1 (a few classes decide it)
+
+
 def config_warnings(cfg: StudyConfig, manifest: dict | None = None) -> list[str]:
     """Legal but probably unintended settings: logged by every command and shown in the report.
     With the split manifest, also those that depend on the data (images per class)."""
@@ -605,6 +614,18 @@ def config_warnings(cfg: StudyConfig, manifest: dict | None = None) -> list[str]
             out.append(
                 f"batch_k reaches {k}, but some training class has only {fewest} images: its batches repeat"
                 " images (sampled with replacement), which adds zero-distance positive pairs"
+            )
+    folds = manifest.get("folds") if manifest else None
+    if folds:
+        fewest, floor = (
+            min(len(f) for f in folds),
+            max(MIN_VAL_CLASSES, int(max(cfg.search_space.values("batch_p")))),
+        )
+        if fewest < floor:
+            out.append(
+                f"val_folds {len(folds)} leaves {fewest} classes in a validation fold, fewer than {floor} (a"
+                f" batch's P classes, and at least {MIN_VAL_CLASSES}): validation R@1 over so few classes is"
+                " noisy, and it ranks the trials; lower val_folds"
             )
     n = cfg.budget.n_trials
     if not cfg.search_space.searched() and (n is None or n > 1):

@@ -274,11 +274,21 @@ class TrialRun:
         except TrainingDiverged as e:
             log.warning("trial %d failed: %s", self.trial.number, e)
             self.trial.set_user_attr("fail_reason", str(e))
+            self._record_failure(str(e))
             state = "DIVERGED"
             return math.nan  # Optuna records FAIL and the study goes on
         finally:
             self._end(state)
         return self.best["value"]
+
+    def _record_failure(self, reason: str) -> None:
+        """trials/<n>/error.txt says why the trial failed, as for a crash (where the traceback goes)."""
+        where = self.o.trial_dir(self.trial.number) / "error.txt"
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            where.write_text(f"trial {self.trial.number} failed: {reason}\nparams: {asdict(self.params)}\n")
+        except OSError as e:
+            log.warning("trial %d: could not write %s (%s)", self.trial.number, where, e)
 
     def _end(self, state: str) -> None:
         """Every exit path ends the trial's records; on a full disk these writes may fail too, and

@@ -28,7 +28,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -355,9 +355,12 @@ class BudgetLock:
     """Serialises "sweep, count, take a trial" across all workers of one study.
 
     Journal: an flock'd file beside the journal (one machine, or a file system with working
-    locks). PostgreSQL: a session advisory lock keyed by the study name. Other RDBs have no lock
-    here: the budget may then overshoot by up to workers - 1 trials (logged once).
+    locks); SQLite (one machine too): an flock'd file beside the database, one per study.
+    PostgreSQL: a session advisory lock keyed by the study name. Other RDBs have no lock here: the
+    budget may then overshoot by up to workers - 1 trials (logged once per process).
     """
+
+    warned: ClassVar[set[str]] = set()
 
     def __init__(self, url: str, study: str) -> None:
         self.url, self.study = url, study
@@ -365,11 +368,17 @@ class BudgetLock:
         self._pg: AdvisoryLock | None = None
         if url.startswith("journal:"):
             self._file = open(url.removeprefix("journal:") + ".budget.lock", "a")  # noqa: SIM115
+        elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = Path(f"{url.removeprefix('sqlite:///')}.{study}.budget.lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a")  # noqa: SIM115
         elif is_postgresql(url):
             self._pg = AdvisoryLock(url, f"harness-budget:{study}", "Optuna storage")
-        else:
+        elif url not in self.warned:
+            self.warned.add(url)
             log.warning(
-                "storage %s: no cross-worker lock; the budget may overshoot by workers - 1 trials",
+                "storage %s: no cross-worker lock; with several workers the budget may overshoot by"
+                " workers - 1 trials",
                 url.split("://", 1)[0],
             )
 

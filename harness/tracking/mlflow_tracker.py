@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from harness.errors import HarnessError, first_line, redact_url
 from harness.pglock import advisory_lock, is_postgresql
 from harness.pipeline import quiet_libraries
+from harness.tracking.reachable import check_reachable
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -113,26 +114,6 @@ def check_schema(db: Path) -> None:
         f" && mlflow db upgrade sqlite:///{db} (or move the file aside to start a fresh MLflow database;"
         " the Optuna study is not affected)"
     )
-
-
-def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
-    """An MLflow server URL must answer its health check now, not after minutes of client retries."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered (a proxy or an older server without /health): reachable
-    except (urllib.error.URLError, OSError) as e:
-        why = getattr(e, "reason", e)
-        raise HarnessError(
-            f"MLflow tracking server {redact_url(tracking_uri)} does not answer ({why}); start it, check"
-            " mlflow_uri, or set mlflow_uri: null to track in results/mlflow.db"
-        ) from None
 
 
 class Tracker:

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: which studies to build, and each study's validated config.
 from harness.study.config import load_config, parse_config
 from harness.study.guard import refuse_changed, refuse_lost_arms
+from harness.tracking.reachable import check_reachable
 
 
 def _load_studies(config):
@@ -18,6 +19,7 @@ def _load_studies(config):
         # Before any job: Snakemake deletes a job's old outputs (the frozen config) before running it.
         refuse_changed(cfg)
         refuse_lost_arms(cfg)  # an arm whose study is gone: its old outputs would say nothing is to do
+        check_reachable(cfg.tracking_uri)  # before the data is prepared, not after
     return {cfg.name: cfg for cfg in cfgs}
 
 
