@@ -66,3 +66,44 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             warnings.warn(
                 f"{item.nodeid} left {len(left)} process(es) running (pids {left}); killed", stacklevel=1
             )
+
+
+# --- the checkout is left as it was found (issue #20, item 3) ----------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+_BEFORE = pytest.StashKey[str | None]()
+
+
+def _status() -> str | None:
+    """``git status --porcelain`` of the checkout, or None where it is not a git checkout."""
+    import subprocess
+
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    after = _status() if before is not None else None
+    if before is None or after is None or after == before:
+        return
+    old, new = set(before.splitlines()), set(after.splitlines())
+    changed = sorted(new - old) + [f"(gone) {line}" for line in sorted(old - new)]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"the tests changed the checkout (git status differs): {'; '.join(changed[:10])}", red=True
+        )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

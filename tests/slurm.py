@@ -118,9 +118,17 @@ class SlurmCluster:
     logs: dict[str, Path] = field(default_factory=dict)
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run a SLURM client command against this cluster, e.g. ``cluster.run("squeue")``."""
+        """Run a SLURM client command against this cluster, e.g. ``cluster.run("squeue")``; from the
+        cluster's own folder, where a job submitted without ``-o`` writes its ``slurm-<id>.out``
+        (never into the checkout)."""
         return subprocess.run(
-            list(args), env=self.env, check=check, timeout=timeout, capture_output=True, text=True
+            list(args),
+            env=self.env,
+            check=check,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+            cwd=self.root,
         )
 
     def sbatch(self, *args: str) -> str:

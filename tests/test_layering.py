@@ -70,3 +70,82 @@ def test_a_back_edge_is_found(where: str, source: str, tmp_path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
     assert back_edges(path, tmp_path / "harness")
+
+
+# --- no cycle inside a layer either (issue #20, item 4) ----------------------------------------------
+
+
+def _module(path: Path, package: Path) -> str:
+    parts = [package.name, *path.relative_to(package).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazy imports inside functions included); ``from
+    pkg import name`` is an edge to ``pkg.name`` where that is a module, else to ``pkg`` itself."""
+    modules = {_module(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        out: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
+        graph[name] = {m for m in out if m in modules and m != name}
+    return graph
+
+
+def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan), each sorted."""
+    graph, index, low, stack, on, found = import_graph(package), {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while not part or part[-1] != v:
+                part.append(stack.pop())
+                on.discard(part[-1])
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_anywhere() -> None:
+    assert import_cycles() == []
+
+
+def test_a_cycle_inside_a_layer_is_found(tmp_path: Path) -> None:
+    package = tmp_path / "harness"
+    (package / "report").mkdir(parents=True)
+    (package / "report" / "build.py").write_text("def f():\n    from harness.report.comparison import g\n")
+    (package / "report" / "comparison.py").write_text("from harness.report.build import f\n")
+    assert import_cycles(package) == [["harness.report.build", "harness.report.comparison"]]
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    private = {
+        f"{p.relative_to(PACKAGE)}: {node.module}.{a.name}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness")
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    }
+    assert private == set()

@@ -8,305 +8,36 @@ Cars with the same search space) go on one page with a cross-dataset comparison.
 from __future__ import annotations
 
 import html
-import math
-import platform
 import re
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import optuna
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.params import TABLE, HyperParam, is_offline
 from harness.report import figures as F
+from harness.report.comparison import (
+    ComparisonData,
+    comparison_section,
+    load_comparison,
+    rank_frame,
+    rank_table,
+    verdict,
+)
 from harness.report.page import Page
-from harness.study.config import StudyConfig, config_warnings
-from harness.study.identity import load_study, read_manifest, settle_parent, study_uid, tracker_for
-
-
-@dataclass
-class StudyData:
-    cfg: StudyConfig
-    study: optuna.Study
-    trials: pd.DataFrame
-    curves: pd.DataFrame  # number, mining, family, images_processed, val_recall@1
-    test: pd.DataFrame | None
-    comparisons: pd.DataFrame | None
-    notes: list[str] = field(default_factory=list)  # warnings shown at the top of the study's section
-
-
-def trials_frame(study: optuna.Study, cfg: StudyConfig) -> pd.DataFrame:
-    """One row per Optuna trial: params, validation R@1 (value), state and the trial's statistics."""
-    df = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
-    if df.empty:
-        raise HarnessError(f"study {cfg.name!r} has no trials yet; run the study first")
-    df.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in df.columns]
-    df["state"] = df["state"].astype(str)
-    # the best validation R@1 a trial reached over the epochs it ran: Optuna's value is that for a
-    # complete trial, but the LAST reported score for a pruned one
-    best = {
-        t.number: max(t.intermediate_values.values(), default=math.nan)
-        for t in study.get_trials(deepcopy=False)
-    }
-    df["best_val_r1"] = df["number"].map(best).astype(float)
-    if "host_load" in df and "host_cpus" in df:
-        df["contended"] = contended(df["host_load"], df["host_cpus"])
-    for k, v in cfg.search_space.fixed.items():  # values fixed in the search space are not Optuna params
-        if k not in df:
-            df[k] = v
-    if "batch_p" in df and "batch_k" in df:
-        df["batch"] = (
-            df["batch_p"].astype("Int64").astype(str) + "×" + df["batch_k"].astype("Int64").astype(str)
-        )
-        df["batch_size"] = df["batch_p"] * df["batch_k"]
-    return df
-
-
-def contended(load: pd.Series, cpus: pd.Series) -> pd.Series:
-    """A 1-minute load average above the CPUs (with a margin of a quarter of them, at least 0.5: the
-    average lags and counts short-lived helpers) means other work competed with the trial."""
-    return load > cpus + np.maximum(0.5, 0.25 * cpus)
-
-
-def curves_frame(df: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    if "curve" in df:
-        for _, t in df[df["state"].isin(["COMPLETE", "PRUNED"])].iterrows():  # not a killed trial's stub
-            if isinstance(t["curve"], list):
-                family = "offline" if is_offline(t.get("mining", "")) else "online"
-                for images, r1 in t["curve"]:
-                    rows.append(
-                        {
-                            "number": t["number"],
-                            "mining": t.get("mining"),
-                            "family": family,
-                            "images_processed": images,
-                            "val_recall@1": r1,
-                        }
-                    )
-    return pd.DataFrame(rows, columns=["number", "mining", "family", "images_processed", "val_recall@1"])
-
-
-def _this_incarnation(path: Path, uid: str, notes: list[str]) -> pd.DataFrame | None:
-    """A derived CSV, or None when it is missing or belongs to another incarnation of the study."""
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path, dtype={"study_uid": str, "arm_uid": str})  # "012e45..." must stay text
-    found = sorted(set(df["study_uid"].astype(str))) if "study_uid" in df else []
-    if found != [uid]:
-        was = f"uid {', '.join(found)}" if found else "no study uid: an older harness"
-        notes.append(
-            f"{path} belongs to an earlier incarnation of this study ({was}; the study now is uid {uid}),"
-            " so it is left out: run 'harness evaluate' for this study"
-        )
-        return None
-    return df
-
-
-def load_data(cfg: StudyConfig) -> StudyData:
-    study = load_study(cfg)
-    df = trials_frame(study, cfg)
-    uid = study_uid(study)
-    notes = [*config_warnings(cfg, read_manifest(cfg))]
-    test = _this_incarnation(cfg.study_dir / "test.csv", uid, notes)
-    comp = _this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
-    if test is None or comp is None:
-        test = comp = None
-    if "contended" in df and df["contended"].any():
-        n, cpus = int(df["contended"].sum()), int(df["host_cpus"].max())
-        notes.append(
-            f"{n} of {len(df)} trials ran while the host's load exceeded its {cpus} CPUs (other work"
-            " competed): their throughput is drawn hollow in the Pareto front, and the throughput chart"
-            " leaves them out of each cell's mean (a cell with no other trial shows theirs, marked)"
-        )
-    return StudyData(cfg, study, df, curves_frame(df), test, comp, notes)
-
-
-# --- tables ----------------------------------------------------------------------------------------
-
-
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.4f}"
-
-
-def _with_ci(row: pd.Series, m: str) -> str:
-    mean, lo, hi = row[f"test_{m}"], row.get(f"test_{m}_low"), row.get(f"test_{m}_high")
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return _fmt(mean)
-    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
-
-
-def final_table(test: pd.DataFrame, trunk: str) -> pd.DataFrame:
-    """R@1, MAP@R and R-precision with their intervals, R@2/4/8 and NMI as means (all in the CSV of
-    the evaluation); then the config's hyperparameters (the table's labelled rows that apply to the
-    trunk mode), narrow enough for a 1200 px page."""
-    out = pd.DataFrame({"config": test["config"], "n": test["n_seeds"]})
-    for m, name in (("recall@1", "R@1 [95 % CI]"), ("map@r", "MAP@R [95 % CI]"), ("r_precision", "R-Prec")):
-        if f"test_{m}" in test:
-            out[name] = [
-                _with_ci(r, m) if m != "r_precision" else _fmt(r[f"test_{m}"]) for _, r in test.iterrows()
-            ]
-    if all(f"test_recall@{k}" in test for k in (2, 4, 8)):
-        out["R@2 / 4 / 8"] = [
-            " / ".join(f"{r[f'test_recall@{k}']:.3f}" for k in (2, 4, 8)) for _, r in test.iterrows()
-        ]
-    out["val R@1"] = [_fmt(v) for v in test["val_recall@1"]]
-    for p in report_params(trunk):
-        if p.name == "batch_p" and "batch_k" in test:
-            out[p.label] = [
-                "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
-                for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
-            ]
-        elif p.name in test:
-            out[p.label] = [_cell(p, v) for v in test[p.name]]
-    out["epochs"] = test["epochs"]
-    return out
-
-
-def report_params(trunk: str) -> list[HyperParam]:
-    """The hyperparameters the report shows as columns: the labelled rows of the table that apply."""
-    return [p for p in TABLE.values() if p.label and p.applies(trunk)]
-
-
-def _cell(p: HyperParam, v: object) -> str:
-    """A parameter's value in the row's format (``-`` for none)."""
-    if isinstance(v, float) and math.isnan(v):
-        return "–"
-    if p.fmt and isinstance(v, float) and v != 0:
-        return p.format(v)
-    return _param(v)
-
-
-def _param(v: object) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if v == 0:
-            return "0"
-        if v.is_integer() and abs(v) >= 1:
-            return str(int(v))
-        return f"{v:.1e}" if abs(v) < 0.01 else f"{v:.3g}"
-    return str(v)
-
-
-def comparisons_table(comp: pd.DataFrame) -> pd.DataFrame:
-    out = comp.copy()
-    out["difference [95 % CI]"] = [
-        f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in comp.iterrows()
-    ]
-    out["verdict"] = [
-        "higher" if r["low"] > 0 else "lower" if r["high"] < 0 else "not distinguishable at 95 %"
-        for _, r in comp.iterrows()
-    ]
-    return out[["config", "versus", "metric", "difference [95 % CI]", "p_value", "n", "method", "verdict"]]
-
-
-def strategy_table(df: pd.DataFrame) -> pd.DataFrame:
-    return (
-        df.groupby("mining")
-        .agg(
-            trials=("number", "count"),
-            complete=("state", lambda s: int((s == "COMPLETE").sum())),
-            pruned=("state", lambda s: int((s == "PRUNED").sum())),
-            failed=("state", lambda s: int((s == "FAIL").sum())),
-            best_val_r1=("best_val_r1", "max"),
-            median_val_r1=("best_val_r1", "median"),
-            mean_train_img_per_s=("train_img_per_s", "mean")
-            if "train_img_per_s" in df
-            else ("number", lambda s: math.nan),  # no trial got as far as an epoch
-        )
-        .reset_index()
-        .sort_values("best_val_r1", ascending=False)
-    )
-
-
-def equal_compute_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Best validation R@1 each strategy reached within the same budget of images processed: the
-    largest budget every strategy's trials reached (offline mining's embedding passes count)."""
-    if curves.empty:
-        return pd.DataFrame(), math.nan
-    reach = curves.groupby("mining")["images_processed"].max()
-    budget = float(reach.min())
-    within = curves[curves["images_processed"] <= budget]
-    out = (
-        within.groupby(["mining", "family"])["val_recall@1"]
-        .max()
-        .rename("best val R@1 at budget")
-        .reset_index()
-    )
-    out["best val R@1 overall"] = out["mining"].map(curves.groupby("mining")["val_recall@1"].max())
-    best = curves.groupby("mining")["val_recall@1"].transform("max")
-    at_best = curves[curves["val_recall@1"] == best]  # ties: the fewest images that reached it
-    out["images to best overall"] = out["mining"].map(at_best.groupby("mining")["images_processed"].min())
-    return out.sort_values("best val R@1 at budget", ascending=False), budget
-
-
-def trials_table(df: pd.DataFrame) -> pd.DataFrame:
-    keep = [
-        "number",
-        "state",
-        "best_val_r1",
-        "epochs_run",
-        "best_epoch",
-        *(p.name for p in TABLE.values() if p.name in df),
-        "batch",
-        "train_img_per_s",
-        "host_load",
-        "images_processed",
-    ]
-    out = df[[c for c in dict.fromkeys(keep) if c in df]]
-    return out.rename(columns={"best_val_r1": "best val R@1", "train_img_per_s": "train img/s"})
-
-
-def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
-    m = read_manifest(cfg)
-    if m is None:
-        return None
-    rows = [
-        {
-            "split": k,
-            "classes": m["num_classes"][k],
-            "images": m["num_images"][k],
-            "class ids": f"{min(v)}–{max(v)}" if k == "test" else f"{len(v)} ids",
-        }
-        for k, v in m["classes"].items()
-    ]
-    if m.get("folds"):  # k-fold validation: the rows above are fold 1's; every fold validates once
-        rows += [
-            {
-                "split": f"validation fold {i + 1}",
-                "classes": len(f),
-                "images": None,
-                "class ids": f"{len(f)} ids",
-            }
-            for i, f in enumerate(m["folds"])
-        ]
-    return pd.DataFrame(rows), m
-
-
-def environment() -> pd.DataFrame:
-    import timm
-    import torch
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-    return pd.DataFrame(
-        [
-            {
-                "device": dev,
-                "torch": torch.__version__,
-                "timm": timm.__version__,
-                "optuna": optuna.__version__,
-                "python": platform.python_version(),
-                "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            }
-        ]
-    )
-
+from harness.report.tables import (
+    StudyData,
+    comparisons_table,
+    environment,
+    equal_compute_table,
+    final_table,
+    load_data,
+    manifest_table,
+    strategy_table,
+    trials_table,
+    with_ci,
+)
+from harness.study.config import StudyConfig
+from harness.study.identity import settle_parent, study_uid, tracker_for
 
 # --- page ------------------------------------------------------------------------------------------
 
@@ -351,7 +82,7 @@ def _headline(d: StudyData) -> str:
     base = test[test["kind"] == "baseline"].iloc[0]
     c = comp[(comp["versus"] == base["config"]) & (comp["metric"] == "recall@1")].iloc[0]
     n = int(best["n_seeds"])
-    ci = _with_ci(best, "recall@1")
+    ci = with_ci(best, "recall@1")
     verdict = (
         "above the baseline: the 95 % interval of the difference excludes zero"
         if c["low"] > 0
@@ -547,8 +278,6 @@ def cross_dataset_frame(data: list[StudyData]) -> pd.DataFrame:
 
 def build_report(cfgs: StudyConfig | list[StudyConfig], out_dir: Path | None = None) -> Path:
     """Build one page for the given studies and comparisons; log it to each one's MLflow parent run."""
-    from harness.report.comparison import ComparisonData, comparison_section, load_comparison
-
     cfgs = [cfgs] if isinstance(cfgs, StudyConfig) else list(cfgs)
     if not cfgs:
         raise HarnessError("no study given to report on")
@@ -606,8 +335,6 @@ def _across_datasets(page: Page, data: list[StudyData]) -> None:
 
 
 def _across_comparisons(page: Page, data: list) -> None:
-    from harness.report.comparison import rank_frame, rank_table, verdict
-
     ranks = rank_frame(data)
     if ranks.empty:
         return

@@ -12,16 +12,16 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import figures as F
-from harness.report.build import (
-    _this_incarnation,
-    _with_ci,
+from harness.report.page import Page
+from harness.report.tables import (
     contended,
     curves_frame,
     final_table,
     manifest_table,
+    this_incarnation,
     trials_frame,
+    with_ci,
 )
-from harness.report.page import Page
 from harness.study.arms import arm_configs
 from harness.study.config import StudyConfig, config_warnings
 from harness.study.final import BASELINE
@@ -68,9 +68,9 @@ def load_comparison(cfg: StudyConfig) -> ComparisonData:
             f"{int(trials['contended'].sum())} of {len(trials)} trials ran while the host's load exceeded its"
             " CPUs: their images/s measure the neighbours as much as the config"
         )
-    test = _this_incarnation(cfg.study_dir / "test.csv", uid, notes)
-    comp = _this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
-    arms = _this_incarnation(cfg.study_dir / "arms.csv", uid, notes)
+    test = this_incarnation(cfg.study_dir / "test.csv", uid, notes)
+    comp = this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
+    arms = this_incarnation(cfg.study_dir / "arms.csv", uid, notes)
     stale = _stale_arms(test, arm_uids)
     if stale:  # its pairs and Holm families were computed with another incarnation of these arms
         notes.append(
@@ -114,7 +114,7 @@ def verdict(d: ComparisonData) -> str:
     name = html.escape(str(best["config"]))
     head = (
         f"On <b>{html.escape(d.cfg.dataset)}</b>, <b>{name}</b> has the highest test R@1,"
-        f" {_with_ci(best, 'recall@1')}"
+        f" {with_ci(best, 'recall@1')}"
     )
     if not tied:
         body = f"; it is distinguishable from every other arm (Holm-adjusted p &lt; {ALPHA})"
@@ -178,7 +178,7 @@ def arm_table(test: pd.DataFrame) -> pd.DataFrame:
         ("map@r", "MAP@R [95 % CI]"),
         ("r_precision", "R-Prec [95 % CI]"),
     ):
-        out[name] = [_with_ci(r, m) for _, r in ordered.iterrows()]
+        out[name] = [with_ci(r, m) for _, r in ordered.iterrows()]
     out["val R@1"] = ["–" if pd.isna(v) else f"{v:.4f}" for v in ordered.get("val_recall@1", np.nan)]
     return out
 

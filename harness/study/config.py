@@ -464,7 +464,8 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
     cfg = build(raw, copy.deepcopy(data), source)
     _check_space(cfg, source)
     _check_compare(cfg, source)
-    if cfg.val_folds > 1 and data.get("val_fraction") is not None:
+    # (a frozen config carries every default: the default fraction beside folds is not the user's)
+    if cfg.val_folds > 1 and data.get("val_fraction") not in (None, DEFAULTS["val_fraction"]):
         raise ConfigError(
             f"{source}: val_fraction {data['val_fraction']} and val_folds {cfg.val_folds} are both set: with"
             " k folds every training class validates once (1/k of them per fold) and val_fraction does"
