@@ -549,7 +549,7 @@ def test_22_progress_of_runs_of_minutes_is_time_per_run() -> None:
 def test_25_equal_compute_breaks_ties_by_the_fewest_images() -> None:
     import pandas as pd
 
-    from harness.report.build import equal_compute_table
+    from harness.report.tables import equal_compute_table
 
     curves = pd.DataFrame(
         {

@@ -560,7 +560,7 @@ def test_a_heartbeat_on_a_full_disk_does_not_kill_the_thread(
 
 
 def test_the_report_reads_a_numeric_looking_uid_as_text(tmp_path: Path) -> None:
-    from harness.report.build import this_incarnation
+    from harness.report.tables import this_incarnation
 
     path = tmp_path / "test.csv"
     pd.DataFrame({"config": ["a"], "study_uid": ["012e45678901"]}).to_csv(path, index=False)

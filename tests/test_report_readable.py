@@ -10,8 +10,8 @@ import pandas as pd
 
 from harness.report import figures as F
 from harness.report.build import _headline, _map_disagreement
-from harness.report.tables import curves_frame, equal_compute_table, final_table, strategy_table
 from harness.report.page import _formatters
+from harness.report.tables import curves_frame, equal_compute_table, final_table, strategy_table
 
 
 def trials(rows: list[dict]) -> pd.DataFrame:
