@@ -205,8 +205,9 @@ def test_headline_without_an_evaluation_of_this_incarnation() -> None:
     assert "No final evaluation" in _headline(D())  # type: ignore[arg-type]
 
 
-def test_headline_of_a_study_whose_trials_all_failed_does_not_send_to_evaluate() -> None:
-    """Issue #16, item 17: 'run harness evaluate' would fail on such a study."""
+def test_headline_of_a_study_whose_trials_all_failed_does_not_send_to_evaluate(tmp_path: Path) -> None:
+    """Issue #16, item 17: 'run harness evaluate' would fail on such a study. Issue #19.5: the
+    headline says why the trials failed, and points to error.txt only where it was written."""
 
     class D:
         test = None
@@ -214,10 +215,17 @@ def test_headline_of_a_study_whose_trials_all_failed_does_not_send_to_evaluate()
         trials = pd.DataFrame({"number": [0, 1], "state": ["FAIL", "FAIL"]})
 
         class cfg:  # noqa: N801
-            study_dir = Path("results/x")
+            study_dir = tmp_path / "x"
 
     text = _headline(D())  # type: ignore[arg-type]
-    assert "No trial completed (2 failed" in text and "harness evaluate" not in text and "error.txt" in text
+    assert "No trial completed (2 failed: no reason recorded (2 trials))" in text
+    assert "harness evaluate" not in text and "error.txt" not in text  # none was written
+    D.trials = D.trials.assign(fail_reason=["loss is nan at epoch 1; lower lr", None])
+    (tmp_path / "x" / "trials" / "0").mkdir(parents=True)
+    (tmp_path / "x" / "trials" / "0" / "error.txt").write_text("trial 0 failed: loss is nan\n")
+    text = _headline(D())  # type: ignore[arg-type]
+    assert "loss is nan at epoch 1; lower lr (1 trial); worker stopped (1 trial)" in text
+    assert f"{tmp_path / 'x' / 'trials'}/&lt;n&gt;/error.txt" in text
 
 
 def test_strategy_table_of_trials_that_never_reached_an_epoch_has_no_throughput() -> None:

@@ -73,12 +73,14 @@ def retried(study: optuna.Study) -> list[int]:
 
 
 def table_of(results: Path, name: str) -> pd.DataFrame:
-    """test.csv without what names the incarnation and the storage's numbering: the study uid, and
-    the trial number (a retry takes a new one, and shifts every later trial's); the draw index that
-    names each config stays in."""
+    """test.csv without what names the incarnation and the storage's numbering: the study's (and
+    arms') uid, and the trial number (a retry takes a new one, and shifts every later trial's); the
+    draw index that names each config stays in."""
     table = pd.read_csv(results / name / "test.csv")
     assert table.loc[table["kind"] != "baseline", "draw"].notna().all()
-    return table.drop(columns=["study_uid", "trial", "config"] if "rank" in table else ["study_uid", "trial"])
+    if "rank" in table:  # a study: its configs are named "trial <n>"
+        return table.drop(columns=["study_uid", "trial", "config"])
+    return table.drop(columns=["study_uid", "trial", "arm_uid"])  # a comparison: arms by name
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,7 @@ class Content:
 
     key: str
     files: dict[str, str]
+    root: str = ""  # the copy's folder (its images' parent), resolved
 
     def changed_since(self, before: dict[str, str]) -> list[str]:
         """The files whose bytes differ from ``before`` (a path -> digest record), or that are only
@@ -111,7 +112,7 @@ def content(images: ImageList, cache_dir: Path, threads: int | None = None) -> C
             files[p] = [*s, d]
     if stale or len(files) != len(known):
         _write_index(path, images, files)
-    return Content(h.hexdigest()[:16], listed)
+    return Content(h.hexdigest()[:16], listed, str(images.image_dir.resolve().parent))
 
 
 def _write_index(path: Path, images: ImageList, files: dict[str, list]) -> None:

@@ -53,17 +53,13 @@ def _why(d: StudyData, failed: pd.DataFrame) -> str:
     reasons = (
         failed["fail_reason"].fillna("worker stopped")
         if "fail_reason" in failed
-        else pd.Series(["?"] * len(failed))
+        else pd.Series(["no reason recorded"] * len(failed))
     )
     counts = reasons.value_counts()
     said = "; ".join(f"{html.escape(str(r))} ({n} trial{'s' if n != 1 else ''})" for r, n in counts.items())
-    first = int(failed["number"].iloc[0])
-    record = d.cfg.study_dir / "trials" / str(first) / "error.txt"
-    where = (
-        f"; each one's record: {html.escape(str(record.parent.parent))}/&lt;n&gt;/error.txt"
-        if record.is_file()
-        else ""
-    )
+    trials = d.cfg.study_dir / "trials"
+    written = any((trials / str(int(n)) / "error.txt").is_file() for n in failed["number"])
+    where = f"; each one's record: {html.escape(str(trials))}/&lt;n&gt;/error.txt" if written else ""
     return f": {said}{where}"
 
 

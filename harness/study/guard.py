@@ -221,7 +221,7 @@ def store_content(cfg: StudyConfig, content: Content) -> None:
     path = digests_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": content.key, "files": content.files}))
+    tmp.write_text(json.dumps({"key": content.key, "root": content.root, "files": content.files}))
     tmp.replace(path)
 
 
@@ -246,6 +246,15 @@ def data_changed_error(cfg: StudyConfig, content: Content, searched: str) -> Har
         head = f"{first} {what}{more}"
     else:
         head = f"content key {content.key}, searched on {searched}"
+    searched_root = stored.get("root") if stored else None
+    if searched_root and content.root and searched_root != content.root:  # another copy
+        return HarnessError(
+            f"the dataset copy at {content.root} is not the one study {cfg.name!r} was searched on"
+            f" ({searched_root}: dataset fingerprint {content.key}, searched on {searched}; {head});"
+            f" {cfg.manifest_path} is left as it was: point data_root at the copy the search used, or"
+            " search this copy as a new study: rename the study (name:), or set this one aside with"
+            f" 'harness study delete --config {cfg.command_path} --force'"
+        )
     return HarnessError(
         f"the data of study {cfg.name!r} changed since its search ({head}): its trials were trained and"
         " validated on the old images, and new ones would mix two datasets; restore the copy the search"
