@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-partial compare cluster-smoke test test-slow lint dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial compare cluster-smoke test test-slow lint docs dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ lint: $(STAMP)
 	$(BIN)/mypy harness
 	$(BIN)/snakemake --lint > /dev/null
 
+## make docs: the docs site in site/ (mkdocs build --strict: a missing page or anchor fails it);
+## make test checks the same build (tests/test_docs.py)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "docs: site/index.html (or: $(BIN)/mkdocs serve)"
+
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --profile workflow/profiles/local
 
@@ -62,4 +68,4 @@ dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard results/cub-demo/optuna.journal --port 8080
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake site

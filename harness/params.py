@@ -164,6 +164,7 @@ class TrialParams:
         ),
         label="margin",
         fmt=".3g",
+        doc="the triplet margin",
     )
     batch_p: int = hp(
         16,
@@ -171,10 +172,27 @@ class TrialParams:
         label="P×K",
         doc="classes per batch (the report shows P×K in one column)",
     )
-    batch_k: int = hp(4, Integer(2, why="a P x K batch needs K >= 2 images per class for triplets"))
-    distance: str = hp("cosine", Name(DISTANCES, kind="distance"), label="distance")
-    mining: str = hp("semihard", Name(MINERS, kind="miner"), label="mining")
-    lr: float = hp(1e-4, Number(0.0, exclusive=True, why=POSITIVE_LR), label="lr", fmt=".1e")
+    batch_k: int = hp(
+        4,
+        Integer(2, why="a P x K batch needs K >= 2 images per class for triplets"),
+        doc="images per class in a batch",
+    )
+    distance: str = hp(
+        "cosine",
+        Name(DISTANCES, kind="distance"),
+        label="distance",
+        doc="the distance of the loss and the kNN",
+    )
+    mining: str = hp(
+        "semihard", Name(MINERS, kind="miner"), label="mining", doc="the triplet mining strategy"
+    )
+    lr: float = hp(
+        1e-4,
+        Number(0.0, exclusive=True, why=POSITIVE_LR),
+        label="lr",
+        fmt=".1e",
+        doc="the head's learning rate",
+    )
     embedding_dim: int = hp(
         128,
         Integer(0),
@@ -188,7 +206,9 @@ class TrialParams:
         label="dim",
         doc="the embedding's dimension; 0: no projection, the trunk's own pooled features",
     )
-    weight_decay: float = hp(1e-4, Number(0.0, why="weight decay cannot be negative"))
+    weight_decay: float = hp(
+        1e-4, Number(0.0, why="weight decay cannot be negative"), doc="the optimiser's weight decay"
+    )
     refresh_every: int = hp(
         1, Integer(1), when=("mining", is_offline), doc="offline mining: re-mine every N epochs"
     )

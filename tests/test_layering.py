@@ -1,5 +1,5 @@
-"""The package's dependency order (README "Layout"): data → models → mining/losses → evaluation →
-training → tracking → study → report. No module imports a later layer, lazily inside a function
+"""The package's dependency order (docs/development.md, "Layout"): data → models → mining/losses →
+evaluation → training → tracking → study → report. No module imports a later layer, lazily inside a function
 included; the shared helpers (errors, registry, params, pglock, progress, pipeline) import no layer at all."""
 
 from __future__ import annotations

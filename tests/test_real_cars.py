@@ -1,7 +1,7 @@
 """A short comparison on the real Cars196 copy in ../shared/data (issue #15): the devkit layout with
 labelled test annotations, the retrieval split (classes 1-98 / 99-196), two arms of two trials each,
 their evaluation on the test classes and the report. A tiny random-init trunk keeps it to about a
-minute on 2 cores; the real study is studies/cars-compare.yaml (README "Comparing strategies")."""
+minute on 2 cores; the real study is studies/cars-compare.yaml (docs/comparing.md)."""
 
 from __future__ import annotations
 

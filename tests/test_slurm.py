@@ -126,13 +126,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _edited_profile(cluster: SlurmCluster, folder: Path, **sizes: object) -> Path:
-    """The README's slurm profile as a user edits it for this cluster: partition, account, sizes."""
+    """The slurm profile as a user edits it (docs/clusters.md) for this cluster: partition, account, sizes."""
     import yaml
 
     cfg = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     cfg["default-resources"] |= {"slurm_partition": cluster.partition, "slurm_account": cluster.account}
     for rule, res in cfg["set-resources"].items():
-        if "gpu_model" in res:  # the README: set gpu_model to a GPU type the cluster has
+        if "gpu_model" in res:  # docs/clusters.md: set gpu_model to a GPU type the cluster has
             res["gpu_model"] = cluster.gpu_type
         res |= {"cpus_per_task": 1, "mem_mb": 1500} | sizes
         cfg["set-threads"][rule] = 1
@@ -169,7 +169,7 @@ def test_cluster_check_names_the_sizes_that_would_pend_forever(cluster: SlurmClu
 def test_the_readme_cluster_command_survives_a_cancelled_worker(
     cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    """The README's command on a tiny study with 2 workers and a PostgreSQL storage: every job goes
+    """The command of docs/clusters.md on a tiny study with 2 workers and a PostgreSQL storage: every job goes
     through SLURM; one worker is cancelled mid-trial (scancel); the pipeline finishes by itself with
     exactly the budget's trials, the cancelled one resumed from its checkpoint, nothing run twice."""
     import json

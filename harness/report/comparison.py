@@ -288,8 +288,8 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
             "Test classes: each arm's best validation config, mean [95 % t-interval over seeds]; the"
             " baseline (the backbone without triplet training, one deterministic run): a bootstrap over"
             " test queries. The intervals cover re-training the chosen config with other seeds, not the"
-            " search that chose it: another sampler seed can choose another config (README, 'Is each"
-            " arm's best stable'). R@2/4/8 and NMI are in the CSV.",
+            " search that chose it: another sampler seed can choose another config (docs: Comparing"
+            " strategies, 'Is each arm's best stable'). R@2/4/8 and NMI are in the CSV.",
         )
         page.figure(
             f"{prefix}arms-r1",

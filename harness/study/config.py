@@ -340,7 +340,7 @@ def schema() -> dict:
     s["properties"]["search_space"]["properties"] = {
         p.name: {"$ref": f"#/definitions/{p.domain.schema_ref}"} for p in TABLE.values()
     }
-    s["properties"]["trunk"] = {"enum": list(TRUNK_MODES)}
+    s["properties"]["trunk"] = s["properties"]["trunk"] | {"enum": list(TRUNK_MODES)}
     return s
 
 
