@@ -145,8 +145,11 @@ def hp(
 
 
 def is_offline(mining: Any) -> bool:
-    """Offline miners mine the whole training split between epochs; their names say so."""
-    return str(mining).startswith("offline-")
+    """Does miner ``mining`` mine the whole training split between epochs? The miner's class says
+    (``Miner.offline``); a name that is no miner (another compare: arm) is not offline."""
+    if str(mining) not in MINERS.names():
+        return False
+    return bool(MINERS.get(str(mining)).offline)
 
 
 POSITIVE_LR = "a learning rate must be positive"

@@ -25,17 +25,27 @@ def test_the_known_names() -> None:
     assert DATASETS.names() == ("cars", "cub")
     assert DISTANCES.names() == ("cosine", "euclidean", "squared_euclidean")
     assert TRUNKS.names() == ("finetune", "frozen", "partial")
-    assert set(MINERS.names()) == {
-        "all",
-        "semihard",
-        "hard",
-        "batch-hard",
-        "distance-weighted",
-        "random",
-        "offline-hard",
-        "offline-semihard",
-        "offline-random",
-    }
+
+
+def test_every_miner_says_whether_it_is_offline_and_names_its_pml_reference() -> None:
+    """What a miner is comes from its class alone (no list of names elsewhere): offline ones mine
+    between epochs and have no PML reference; an online one names PML's equal miner, or says its
+    reference is only a cost to compare with (random negatives)."""
+    from harness.losses import get_distance
+    from harness.mining import get_miner
+    from harness.params import is_offline
+
+    for name in MINERS.names():
+        miner = get_miner(name, get_distance("cosine"), 0.2)
+        assert is_offline(name) == miner.offline
+        if miner.offline:
+            assert miner.reference() is None and hasattr(miner, "mine_epoch")
+        else:
+            ref = miner.reference()
+            assert ref is not None and callable(ref), name
+            pml = get_miner(name, get_distance("cosine"), 0.2, impl="pml")
+            assert (type(pml).__name__ == "PMLMiner") == miner.reference_is_equal, name
+    assert not is_offline("cosine")  # a compare: arm that is no miner
 
 
 def test_every_training_distance_is_one_the_evaluation_computes() -> None:
@@ -88,3 +98,74 @@ def test_a_new_part_is_one_new_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match="unknown probe 'yours'; known probes: mine"):
         reg.get("yours")
     static_modules.cache_clear()
+
+
+PROBE = """
+import torch
+
+from harness.mining.base import Miner, Selection, masks
+from harness.registry import MINERS
+
+
+@MINERS.register("probe-nearest")
+class ProbeNearestMiner(Miner):
+    \"\"\"Each anchor with its first positive and its closest negative.\"\"\"
+
+    def select(self, embeddings, f, labels, u) -> Selection:
+        pos, neg = masks(labels)
+        inf = f.new_full((), float("inf"))
+        p = pos.float().argmax(1)
+        n = torch.where(neg, f, inf).argmin(1)
+        return torch.arange(len(f), device=f.device), p, n, pos.any(1) & neg.any(1)
+"""
+
+
+def test_a_new_miner_is_one_module_and_runs_in_a_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One module in a folder overlaid on harness.mining (as a file dropped into harness/mining/ would
+    be), nothing else edited: the config accepts its name, a one-trial study trains with it, the
+    benchmark's reference path falls back to it (PML has none), and it is online."""
+    import yaml
+    from fixtures import make_cub
+    from optuna.trial import TrialState
+    from test_pipeline import tiny_config
+
+    import harness
+    import harness.mining
+    from harness.cli import main
+    from harness.losses import get_distance
+    from harness.mining import get_miner, online_miners
+    from harness.params import is_offline
+    from harness.study import parse_config
+    from harness.study.identity import load_study
+
+    overlay = tmp_path / "overlay"
+    (overlay / "mining").mkdir(parents=True)
+    (overlay / "mining" / "probe_nearest.py").write_text(PROBE)
+    monkeypatch.setattr(harness, "__path__", [*harness.__path__, str(overlay)])
+    monkeypatch.setattr(harness.__spec__, "submodule_search_locations", harness.__path__)
+    monkeypatch.setattr(harness.mining, "__path__", [*harness.mining.__path__, str(overlay / "mining")])
+    monkeypatch.setattr(MINERS, "_loaded", False)
+    static_modules.cache_clear()
+    try:
+        assert "probe-nearest" in MINERS.names() and "probe-nearest" in online_miners()
+        assert not is_offline("probe-nearest")
+        miner = get_miner("probe-nearest", get_distance("cosine"), 0.2, impl="pml")
+        assert type(miner).__name__ == "ProbeNearestMiner"  # no PML reference: its own path
+        raw = tiny_config(
+            make_cub(tmp_path / "data", per_class=4, noise=60.0), tmp_path / "results", n_trials=1
+        )
+        raw["search_space"] = raw["search_space"] | {"mining": "probe-nearest"}
+        path = tmp_path / "probe.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["study", "run", "--config", str(path)]) == 0
+        (trial,) = load_study(parse_config(raw)).trials
+        assert (
+            trial.state == TrialState.COMPLETE
+            and trial.user_attrs["trial_params"]["mining"] == "probe-nearest"
+        )
+    finally:
+        static_modules.cache_clear()
+        MINERS._entries.pop("probe-nearest", None)
+        sys.modules.pop("harness.mining.probe_nearest", None)

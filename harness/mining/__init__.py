@@ -35,14 +35,13 @@ def get_miner(
     entry = MINERS.entry(name)
     if impl not in ("own", "pml"):
         raise ConfigError(f"unknown miner implementation {impl!r}; known: own, pml")
-    if impl == "pml" and not entry.target.offline and name != "random":  # PML has no random miner
+    extra = {"refresh_every": refresh_every} if entry.target.offline else {}
+    miner: Miner = entry.target(distance, margin, generator, **entry.options, **extra)
+    miner.name = name
+    if impl == "pml" and miner.reference_is_equal and (reference := miner.reference()) is not None:
         from harness.mining.pml_miner import PMLMiner
 
-        miner: Miner = PMLMiner(name, distance, margin)
-    else:
-        extra = {"refresh_every": refresh_every} if entry.target.offline else {}
-        miner = entry.target(distance, margin, generator, **entry.options, **extra)
-    miner.name = name
+        return PMLMiner(miner, reference)  # where PML has no equal miner, the own one is the path
     return miner
 
 

@@ -19,7 +19,7 @@ triplets as batches.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pytorch_metric_learning.distances import BaseDistance
@@ -30,7 +30,10 @@ Selection = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # a, 
 
 
 class Miner:
-    offline: ClassVar[bool] = False
+    offline: ClassVar[bool] = False  # mines the whole training split between epochs (mine_epoch)
+    # the reference() is pytorch-metric-learning's miner for the same triplets (tests compare the
+    # sets); False: only a cost to compare with (PML has no equivalent), never a stand-in
+    reference_is_equal: ClassVar[bool] = True
     refresh_every: int = 1  # offline miners: re-mine every N epochs
     name: str = "miner"  # the registry name it was built under (set by ``get_miner``)
 
@@ -47,6 +50,12 @@ class Miner:
         """Candidate (anchor, positive, negative) index tensors of a fixed size and their validity,
         from detached ``embeddings`` and farness ``f``; ``u``: the uniforms ``draw`` made, if any."""
         raise NotImplementedError(f"{type(self).__name__} writes select, or fused_loss and mine")
+
+    def reference(self) -> Any:
+        """pytorch-metric-learning's miner this one is tested and benchmarked against, built for
+        this miner's distance and margin (a ``pytorch_metric_learning.miners.BaseMiner``); None: PML
+        has none (offline miners)."""
+        return None
 
     def draw(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """The random numbers one ``loss`` call consumes (None: it needs none). A compiled step

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from harness.mining.base import Miner, Selection, masks
@@ -10,6 +12,11 @@ from harness.registry import MINERS
 
 @MINERS.register("batch-hard")
 class BatchHardMiner(Miner):
+    def reference(self) -> Any:
+        from pytorch_metric_learning import miners
+
+        return miners.BatchHardMiner(distance=self.distance)
+
     def select(
         self, embeddings: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, u: torch.Tensor | None
     ) -> Selection:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pytorch_metric_learning.distances import BaseDistance, LpDistance
 
@@ -28,6 +30,14 @@ class DistanceWeightedMiner(SampledMiner):
         super().__init__(distance, margin, generator)
         self.cutoff, self.nonzero_loss_cutoff = cutoff, nonzero_loss_cutoff
         self.sphere = LpDistance(normalize_embeddings=True, p=2, power=1)
+
+    def reference(self) -> Any:
+        # PML's miner samples on unit-sphere Euclidean distances and requires that distance
+        from pytorch_metric_learning import miners
+
+        return miners.DistanceWeightedMiner(
+            cutoff=self.cutoff, nonzero_loss_cutoff=self.nonzero_loss_cutoff, distance=self.sphere
+        )
 
     def weights(self, embeddings: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         d = float(embeddings.shape[1])

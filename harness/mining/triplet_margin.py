@@ -16,6 +16,8 @@ in float32 their differences would lose ~1e-3 at B = 2048.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pytorch_metric_learning.distances import BaseDistance
 
@@ -36,6 +38,13 @@ class TripletMarginMiner(Miner):
         if kind not in KINDS:  # pragma: no cover - the registry names only these
             raise ValueError(kind)
         self.kind = kind
+
+    def reference(self) -> Any:
+        from pytorch_metric_learning import miners
+
+        return miners.TripletMarginMiner(
+            margin=self.margin, type_of_triplets=self.kind, distance=self.distance
+        )
 
     def _bounds(self, s: torch.Tensor, f_ap: torch.Tensor, active: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Index range [lo, hi) of each (a, p)'s negatives in the sorted rows ``s``."""

@@ -422,8 +422,13 @@ PROTOCOL_KEYS = (
 LATER_PROTOCOL_KEYS = {"val_folds": 1, "compare": None}
 
 
+# A config section that belongs to some trunk modes only (its own trunk mode's settings): it is part
+# of a study's identity only in those.
+SECTION_TRUNKS: dict[str, tuple[str, ...]] = {"partial": ("partial",)}
+
+
 def protocol_keys(raw: dict) -> tuple[str, ...]:
-    keys = tuple(k for k in PROTOCOL_KEYS if k != "partial" or raw.get("trunk") == "partial")
+    keys = tuple(k for k in PROTOCOL_KEYS if raw.get("trunk") in SECTION_TRUNKS.get(k, (raw.get("trunk"),)))
     return keys + tuple(k for k, default in LATER_PROTOCOL_KEYS.items() if raw.get(k, default) != default)
 
 

@@ -63,7 +63,7 @@ from harness.study.data import (
 from harness.study.guard import data_changed_error
 from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
 from harness.study.sampler import draws
-from harness.study.trunks import TrunkPool
+from harness.study.trunks import TrunkPool, get_trunk
 from harness.training import Source, evaluate_source, train
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,7 @@ def reference_params(cfg: StudyConfig) -> list[TrialParams]:
     mining strategy the study searched: fixed before any result is seen."""
     space = cfg.search_space
     base = defaults(cfg.trunk) | space.fixed | {"margin": cfg.evaluate.reference_margin}
-    if cfg.trunk == "partial" and "train_blocks" not in space.fixed:
-        # the default cut (1) where the space reaches it, else the searched cut nearest to it: only
-        # the searched cuts are cached
-        cuts = space.integers("train_blocks")
-        base["train_blocks"] = min(cuts, key=lambda c: (abs(c - base["train_blocks"]), c))
+    base = get_trunk(cfg).reference_defaults(base)  # what the trunk mode can run (its cached cuts)
     return [TrialParams(**(base | {"mining": m})) for m in space.values("mining")]
 
 

@@ -64,6 +64,11 @@ class TrunkMode(ABC):
         """The hyperparameters that apply to this mode."""
         return [p for p in TABLE.values() if p.applies(self.cfg.trunk)]
 
+    def reference_defaults(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The evaluation's reference recipe (``values``: the defaults, the fixed values and the
+        reference margin) as this mode can run it."""
+        return values
+
     def check(self, trunk: nn.Module) -> None:
         """Checks against the built backbone, before anything is written (none by default)."""
 

@@ -10,6 +10,7 @@ the files, the device type and the bottom's precision.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,14 @@ class PartialTrunk(TrunkMode):
 
     def check(self, trunk: nn.Module) -> None:
         check_cuts(trunk, self.cuts, self.cfg.backbone)
+
+    def reference_defaults(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The default cut (1) where the space reaches it, else the searched cut nearest to it: only
+        the searched cuts are cached."""
+        if "train_blocks" in self.cfg.search_space.fixed:
+            return values
+        nearest = min(self.cuts, key=lambda c: (abs(c - values["train_blocks"]), c))
+        return values | {"train_blocks": nearest}
 
     def cut(self, params: TrialParams | None) -> int | None:
         return min(self.cuts) if params is None else params.train_blocks
