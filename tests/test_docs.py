@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from harness.params import TABLE
 from harness.study.config import schema
 from harness.study.reference import config_reference
 
-REPO = Path(__file__).resolve().parents[1]
 MKDOCS = [
     sys.executable,
     "-m",

@@ -8,8 +8,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+PACKAGE = REPO / "harness"
 LAYER = {
     "data": 0,
     "models": 1,

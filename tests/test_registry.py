@@ -128,8 +128,8 @@ def test_a_new_miner_is_one_module_and_runs_in_a_study(
     benchmark's reference path falls back to it (PML has none), and it is online."""
     import yaml
     from fixtures import make_cub
+    from helpers import tiny_config
     from optuna.trial import TrialState
-    from test_pipeline import tiny_config
 
     import harness
     import harness.mining

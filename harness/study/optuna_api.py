@@ -3,7 +3,7 @@
 The harness runs Optuna's heartbeat protocol on its own journal storage, runs trials with
 ``ask``/``tell`` under its own budget lock instead of ``optimize``, and repairs torn journal records
 under the journal's own lock. For that it needs a few names Optuna does not export. Optuna may move
-or rename them in any release: ``tests/test_optuna_api.py`` imports every one of them and fails,
+or rename them in any release: ``tests/study/test_optuna_api.py`` imports every one of them and fails,
 naming the missing ones, when an upgrade breaks one (``harness smoke`` checks them too).
 
 Tested with Optuna ``TESTED`` (see pyproject.toml's pin).
