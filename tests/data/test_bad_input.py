@@ -254,23 +254,27 @@ def test_ctrl_c_while_decoding_is_one_line_and_prompt(
         while not done.is_set():
             _thread.interrupt_main()
             before = calls[0]
-            if done.wait(3) or calls[0] - before < 10:
+            if done.wait(3) or calls[0] == before:  # decoding stopped: the interrupt is being handled
                 break
 
     gc.collect()  # leave no garbage from earlier tests whose finalisers could swallow the interrupt
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
-    t0 = time.perf_counter()
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
     try:
         code = main(["--threads", "1", "data", "prepare", "--config", str(path)])
     finally:
-        done.set()
-    took = time.perf_counter() - t0
+        try:  # a press that raced main's return lands here, never in the next test
+            done.set()
+            presser.join(30)
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
     err = capsys.readouterr().err.splitlines()
     errors = [line for line in err if line.startswith("error: ")]
     assert code == 130
     assert errors == ["error: interrupted (Ctrl-C); finished work is kept: rerun the same command to go on"]
     assert not any("Traceback" in line for line in err)
-    assert took < 10, took
+    assert calls[0] < 600, calls  # stopped mid-way: not every one of the 600 images was decoded
     assert not list((tmp_path / "results" / "cache" / "images").glob("*.part"))  # no half-written cache
 
 
