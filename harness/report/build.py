@@ -51,7 +51,7 @@ def _why(d: StudyData, failed: pd.DataFrame) -> str:
     if failed.empty:
         return ""
     reasons = (
-        failed["fail_reason"].fillna("worker stopped")
+        failed["fail_reason"].fillna("no reason recorded")
         if "fail_reason" in failed
         else pd.Series(["no reason recorded"] * len(failed))
     )

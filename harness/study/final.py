@@ -60,7 +60,6 @@ from harness.study.data import (
     prepare,
     resolve_device,
 )
-from harness.study.guard import data_changed_error
 from harness.study.identity import check_writable, load_study, parent_run, study_uid, tracker_for
 from harness.study.sampler import draws
 from harness.study.trunks import TrunkPool, get_trunk
@@ -374,9 +373,7 @@ def _check_data(cfg: StudyConfig, prep: Prepared, study: optuna.Study, searched:
             f"the data in {prep.images.image_dir.parent} gives split {now}, but study {cfg.name!r} was"
             f" searched on split {searched}; evaluate with the dataset and val_fraction/seed the search used"
         )
-    searched_content = study.user_attrs.get("dataset_content")  # older studies: the sizes below only
-    if prep.content is not None and searched_content and prep.content.key != searched_content:
-        raise data_changed_error(cfg, prep.content, searched_content)
+    # (a study whose bytes changed since its search was refused by prepare, before any cache)
     stored_fp = study.user_attrs.get("dataset_files")  # studies created before it was recorded: no check
     fp = prep.split.manifest.get("dataset_files")
     if stored_fp and fp != stored_fp:

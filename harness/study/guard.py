@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -159,11 +158,6 @@ def refuse_lost_arms(cfg: StudyConfig, study: optuna.Study | None = None) -> Non
     lost = lost_arms(cfg, study)
     if lost:
         raise lost_arm_error(cfg, lost[0])
-
-
-def comparison_of(arm: StudyConfig) -> StudyConfig:
-    """The comparison an arm belongs to, located from the arm's own config (to read its record)."""
-    return replace(arm, name=str(arm.parent), arm=None, parent=None)
 
 
 def n_finished(study: optuna.Study) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -136,29 +135,30 @@ def parent_run(cfg: StudyConfig, study: optuna.Study, tracker: Tracker) -> str:
 # --- the MLflow parent run says what the study is doing ----------------------------------------------
 
 
-def activity(cfg: StudyConfig, leaving: bool = False) -> tuple[bool, int, bool]:
-    """(a worker is alive, finished trials, the budget is met); a comparison's: over its arms.
-    ``leaving``: this process is a worker on its way out, not counted."""
+def activity(cfg: StudyConfig, outcome: str | None = None) -> tuple[bool, int, bool]:
+    """(a worker is alive, finished trials, the budget is met); a comparison's: over its arms. A
+    timeout-only budget (``n_trials: null``) is met when a worker ran out its time (``outcome`` None:
+    it ended by itself) after finished trials, not when it was stopped or failed."""
     if is_comparison(cfg):
-        parts = [activity(arm_at(cfg, a), leaving) for a in cfg.arms]
+        parts = [activity(arm_at(cfg, a), outcome) for a in cfg.arms]
         return any(p[0] for p in parts), sum(p[1] for p in parts), all(p[2] for p in parts)
     study = stored_study(cfg)
     n = 0 if study is None else n_finished(study)
-    met = study is not None and (cfg.budget.n_trials is None or n >= cfg.budget.n_trials)
-    me = (os.uname().nodename, os.getpid())
-    live = [r for _, r in live_workers(cfg) if not (leaving and (r.get("host"), r.get("pid")) == me)]
-    return bool(live), n, met
+    wanted = cfg.budget.n_trials
+    met = n >= wanted if wanted is not None else n > 0 and outcome is None
+    return bool(live_workers(cfg)), n, met
 
 
-def parent_status(cfg: StudyConfig, failed: bool = False, leaving: bool = False) -> str:
+def parent_status(cfg: StudyConfig, outcome: str | None = None) -> str:
     """RUNNING while a worker of the study is alive; else FINISHED once its budget is met, SCHEDULED
-    before its first finished trial, FAILED when the last worker failed, KILLED when stopped short."""
-    alive, n, met = activity(cfg, leaving)
+    before its first finished trial, FAILED when the last worker failed (``outcome`` "failed"),
+    KILLED when it stopped short."""
+    alive, n, met = activity(cfg, outcome)
     if alive:
         return "RUNNING"
     if met:
         return "FINISHED"
-    return "FAILED" if failed else "KILLED" if n else "SCHEDULED"
+    return "FAILED" if outcome == "failed" else "KILLED" if n else "SCHEDULED"
 
 
 def comparison_config(arm: StudyConfig) -> StudyConfig | None:
@@ -174,7 +174,7 @@ def comparison_config(arm: StudyConfig) -> StudyConfig | None:
         return None
 
 
-def settle_parent(cfg: StudyConfig, failed: bool = False, leaving: bool = False) -> None:
+def settle_parent(cfg: StudyConfig, outcome: str | None = None) -> None:
     """Set the study's parent run (and an arm's comparison's) to what the study is doing now. Never
     creates a run; a tracking store that cannot be reached costs a warning, not the command."""
     targets = [cfg] + ([c] if cfg.parent is not None and (c := comparison_config(cfg)) else [])
@@ -186,6 +186,6 @@ def settle_parent(cfg: StudyConfig, failed: bool = False, leaving: bool = False)
             tracker = tracker_for(c)
             run = tracker.find_parent(c.name, study_uid(study))
             if run is not None:
-                tracker.set_status(run, parent_status(c, failed, leaving))
+                tracker.set_status(run, parent_status(c, outcome))
         except Exception as e:  # the study's own records are intact either way
             log.warning("study %s: could not set its MLflow parent run's status (%s)", c.name, e)

@@ -45,13 +45,10 @@ def _row(key: str, prop: dict, default: Any, required: bool = False) -> str:
     text = prop.get("description", "")
     if key == "dataset":
         text += f" One of: {', '.join(DATASETS.names())}."
-    shown = (
-        "required"
-        if required
-        else "–"
-        if default in ("", None) and "null" not in str(prop)
-        else f"`{_show(default)}`"
-    )
+    kind = prop.get("type")
+    types: list = kind if isinstance(kind, list) else [kind]
+    blank = default in ("", None) and "null" not in types
+    shown = "required" if required else "–" if blank else f"`{_show(default)}`"
     return f"| `{key}` | {_kind(prop)} | {shown} | {_cell(text)} |"
 
 

@@ -88,17 +88,18 @@ def _run_worker(cfg: StudyConfig, worker: int) -> int:
     n_trials = cfg.budget.n_trials or 10**9  # None: the timeout alone ends the study
     study = load_study(cfg, on_stale=StaleTrialHandler(cfg))
     check_writable(cfg)
-    with registered(cfg), budget_lock(cfg.storage_url, cfg.name) as lock:
-        failed = False
-        try:
+    outcome = None
+    try:
+        with registered(cfg), budget_lock(cfg.storage_url, cfg.name) as lock:
             return _work(cfg, worker, study, lock, n_trials)
-        except (KeyboardInterrupt, Interrupted):
-            raise
-        except BaseException:
-            failed = True
-            raise
-        finally:  # RUNNING only while a worker is alive: the last one out says how the study stands
-            settle_parent(cfg, failed, leaving=True)
+    except (KeyboardInterrupt, Interrupted):
+        outcome = "stopped"
+        raise
+    except Exception:
+        outcome = "failed"
+        raise
+    finally:  # once this worker is no longer registered: the last one out says how the study stands
+        settle_parent(cfg, outcome)
 
 
 def _work(cfg: StudyConfig, worker: int, study: optuna.Study, lock: BudgetLock, n_trials: int) -> int:

@@ -224,7 +224,7 @@ def test_headline_of_a_study_whose_trials_all_failed_does_not_send_to_evaluate(t
     (tmp_path / "x" / "trials" / "0").mkdir(parents=True)
     (tmp_path / "x" / "trials" / "0" / "error.txt").write_text("trial 0 failed: loss is nan\n")
     text = _headline(D())  # type: ignore[arg-type]
-    assert "loss is nan at epoch 1; lower lr (1 trial); worker stopped (1 trial)" in text
+    assert "loss is nan at epoch 1; lower lr (1 trial); no reason recorded (1 trial)" in text
     assert f"{tmp_path / 'x' / 'trials'}/&lt;n&gt;/error.txt" in text
 
 

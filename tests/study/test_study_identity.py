@@ -79,3 +79,16 @@ def test_a_comparison_and_its_arms_end_finished(data_root: Path, tmp_path: Path)
         "tinycmp.random": "FINISHED",
         "tinycmp.offline-hard": "FINISHED",
     }
+
+
+def test_a_timeout_only_study_is_scheduled_then_finished_when_its_time_ran_out(
+    data_root: Path, tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    raw = tiny_config(data_root, results) | {"budget": {"n_trials": None, "timeout": 1.0}, "epochs": 1}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["study", "create", "--config", str(path)]) == 0
+    assert parents(results) == {"tiny": "SCHEDULED"}  # no trial yet: not FINISHED
+    assert main(["study", "run", "--config", str(path)]) == 0
+    assert parents(results) == {"tiny": "FINISHED"}  # the worker ran out its time by itself
