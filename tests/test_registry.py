@@ -48,10 +48,20 @@ def test_every_miner_says_whether_it_is_offline_and_names_its_pml_reference() ->
     assert not is_offline("cosine")  # a compare: arm that is no miner
 
 
-def test_every_training_distance_is_one_the_evaluation_computes() -> None:
-    from harness.evaluation import DISTANCES as EVAL_DISTANCES
+def test_the_evaluation_ranks_by_each_registered_distance() -> None:
+    """kNN takes the distance object a study trains with, so a registered distance is evaluated by
+    its own maths: the neighbours are those of its full matrix, nearest first in its own sense."""
+    import torch
 
-    assert set(DISTANCES.names()) <= set(EVAL_DISTANCES)
+    from harness.evaluation import knn
+    from harness.losses import get_distance
+
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+    for name in DISTANCES.names():
+        measure = get_distance(name)
+        full = measure(x).fill_diagonal_(float("-inf") if measure.is_inverted else float("inf"))
+        want = torch.topk(full, 4, dim=1, largest=measure.is_inverted).indices
+        assert torch.equal(knn(x, 4, distance=name)[1], want), name
 
 
 def test_names_import_nothing() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.evaluation.knn import DISTANCES, knn
+from harness.evaluation.knn import knn
 from harness.evaluation.metrics import retrieval_metrics
 
-__all__ = ["DISTANCES", "knn", "retrieval_metrics"]
+__all__ = ["knn", "retrieval_metrics"]

@@ -1,33 +1,32 @@
-"""Exact k-nearest-neighbour search in plain torch, so evaluation needs no faiss and runs on any device."""
+"""Exact k-nearest-neighbour search in plain torch, so evaluation needs no faiss and runs on any device.
+
+The distance is the registered one a study trains with (``harness/losses/distances.py``): its
+normalisation, its maths and which way is nearer (``is_inverted``: a similarity is nearer when larger)
+come from that one object, so a study is evaluated under exactly the distance it was trained for.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from harness.errors import ConfigError, DataError, unknown_name
-
-DISTANCES: tuple[str, ...] = ("cosine", "euclidean", "squared_euclidean")
+from harness.errors import ConfigError, DataError
+from harness.losses.distances import get_distance
 
 
 def _as_float_matrix(x: Tensor, name: str) -> Tensor:
-    """Check shape and promote integer input, so the distance maths is well defined."""
+    """Check shape and promote integer and half input to float32, so the distance maths is well
+    defined and runs in matrix products (PML's half-precision path is elementwise over all pairs)."""
     if not isinstance(x, Tensor):
         raise DataError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise DataError(f"{name} must be 2-D [N, D], got shape {tuple(x.shape)}")
-    return x if x.is_floating_point() else x.float()
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _chunk_distances(q: Tensor, ref: Tensor, ref_sq: Tensor | None, distance: str) -> Tensor:
-    """Distances from a query chunk to every reference row; for euclidean this is the squared value."""
-    if distance == "cosine":
-        # q and ref are already unit-normalised by the caller.
-        return 1.0 - q @ ref.T
-    assert ref_sq is not None
-    q_sq = (q * q).sum(dim=1, keepdim=True)
-    # Expansion ||q||^2 + ||r||^2 - 2 q.r; clamp the tiny negatives that rounding produces.
-    return (q_sq + ref_sq.unsqueeze(0) - 2.0 * (q @ ref.T)).clamp_min_(0.0)
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @torch.no_grad()
@@ -38,19 +37,17 @@ def knn(
     reference: Tensor | None = None,
     chunk: int = 4096,
 ) -> tuple[Tensor, Tensor]:
-    """Exact k nearest neighbours of each query row, nearest first: (dist [Nq, k], idx [Nq, k]).
+    """Exact k nearest neighbours of each query row, nearest first: (score [Nq, k], idx [Nq, k]).
 
-    With ``reference=None`` the query set is its own reference and each point's own row is masked
-    out by index (not by distance 0, so duplicates still count as neighbours). Work is done in query
-    chunks of ``chunk`` rows, so peak memory is about ``chunk * N_ref`` distances, on the tensors' device.
-    Cosine distance is ``1 - cos_sim``; euclidean distances do not assume normalised inputs.
+    ``distance`` is a registered distance name; ``score`` is its value (a distance, or for ``cosine``
+    the cosine similarity, larger is nearer). With ``reference=None`` the query set is its own
+    reference and each point's own row is masked out by index (not by distance 0, so duplicates still
+    count as neighbours). Work is done in query chunks of ``chunk`` rows, so peak memory is about
+    ``chunk * N_ref`` scores, on the tensors' device.
     """
-    if distance not in DISTANCES:
-        raise unknown_name("distance", distance, DISTANCES)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ConfigError(f"chunk must be a positive integer, got {chunk!r}")
+    measure = get_distance(distance)  # an unknown name: the one-line error listing the known ones
+    _check_positive("k", k)
+    _check_positive("chunk", chunk)
 
     query = _as_float_matrix(query, "query")
     exclude_self = reference is None
@@ -68,26 +65,24 @@ def knn(
         what = "other points" if exclude_self else "reference points"
         raise ConfigError(f"k={k} but only {available} {what} are available")
 
-    ref_sq: Tensor | None = None
-    if distance == "cosine":
-        query = torch.nn.functional.normalize(query, dim=1)
-        ref = query if exclude_self else torch.nn.functional.normalize(ref, dim=1)
-    else:
-        ref_sq = (ref * ref).sum(dim=1)
+    # Normalise once, then score chunk by chunk, as the distance's own forward does for one block.
+    query = measure.maybe_normalize(query)
+    ref = query if exclude_self else measure.maybe_normalize(ref)
+    nearest_first = bool(measure.is_inverted)  # a similarity: the largest values are the nearest
+    masked = float("-inf") if nearest_first else float("inf")
 
     n_query = query.shape[0]
-    out_dist = torch.empty((n_query, k), dtype=query.dtype, device=query.device)
+    out_score = torch.empty((n_query, k), dtype=query.dtype, device=query.device)
     out_idx = torch.empty((n_query, k), dtype=torch.long, device=query.device)
     for start in range(0, n_query, chunk):
         stop = min(start + chunk, n_query)
-        dist = _chunk_distances(query[start:stop], ref, ref_sq, distance)
+        scores = measure.compute_mat(query[start:stop], ref)
+        if measure.power != 1:
+            scores = scores**measure.power
         if exclude_self:
             rows = torch.arange(stop - start, device=query.device)
-            dist[rows, rows + start] = float("inf")
-        d, i = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        out_dist[start:stop] = d
+            scores[rows, rows + start] = masked
+        s, i = torch.topk(scores, k, dim=1, largest=nearest_first, sorted=True)
+        out_score[start:stop] = s
         out_idx[start:stop] = i
-
-    if distance == "euclidean":
-        out_dist.sqrt_()
-    return out_dist, out_idx
+    return out_score, out_idx

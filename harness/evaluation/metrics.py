@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.errors import ConfigError, DataError, unknown_name
-from harness.evaluation.knn import DISTANCES, knn
+from harness.errors import ConfigError, DataError
+from harness.evaluation.knn import knn
+from harness.registry import DISTANCES
 
 # KMeans restarts for NMI: a few, so NMI is not hostage to one bad start, yet cheap on CUB-sized sets.
 KMEANS_N_INIT = 3
@@ -69,8 +70,7 @@ def per_query_scores(
 def _per_query(
     embeddings: Tensor, labels: Tensor | np.ndarray, distance: str, ks: Sequence[int], chunk: int
 ) -> dict[str, Tensor]:
-    if distance not in DISTANCES:
-        raise unknown_name("distance", distance, DISTANCES)
+    DISTANCES.check(distance)
     cutoffs = _check_ks(ks)
     if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
         raise DataError("embeddings must be a 2-D torch.Tensor [N, D]")

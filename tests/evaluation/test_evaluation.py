@@ -9,15 +9,25 @@ import pytest
 import torch
 
 from harness.errors import ConfigError, DataError, HarnessError
-from harness.evaluation import DISTANCES, knn, retrieval_metrics
+from harness.evaluation import knn, retrieval_metrics
+from harness.registry import DISTANCES as REGISTERED
+
+DISTANCES = REGISTERED.names()
 
 
 def _brute_dist(a: np.ndarray, b: np.ndarray, distance: str) -> float:
-    """One pairwise distance in float64 numpy, the reference the torch code must match."""
+    """One pairwise value in float64 numpy, the reference the torch code must match: the registered
+    distances score unit-normalised embeddings, and cosine is a similarity (larger is nearer)."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     if distance == "cosine":
-        return 1.0 - float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+        return float(a @ b)
     sq = float(((a - b) ** 2).sum())
     return math.sqrt(sq) if distance == "euclidean" else sq
+
+
+def _order(pairs: list[tuple[float, int]], distance: str) -> list[tuple[float, int]]:
+    """Nearest first: the largest similarity, or the smallest distance."""
+    return sorted(pairs, key=lambda p: -p[0] if distance == "cosine" else p[0])
 
 
 def _brute_knn(
@@ -27,10 +37,10 @@ def _brute_knn(
     ref = query if reference is None else reference
     dists, idxs = [], []
     for i, q in enumerate(query):
-        cand = [
-            (_brute_dist(q, r, distance), j) for j, r in enumerate(ref) if reference is not None or j != i
-        ]
-        cand.sort()
+        cand = _order(
+            [(_brute_dist(q, r, distance), j) for j, r in enumerate(ref) if reference is not None or j != i],
+            distance,
+        )
         dists.append([d for d, _ in cand[:k]])
         idxs.append([j for _, j in cand[:k]])
     return np.array(dists), np.array(idxs)
@@ -44,7 +54,7 @@ def _brute_metrics(x: np.ndarray, labels: np.ndarray, distance: str, ks: tuple[i
         r = int((labels == labels[i]).sum()) - 1
         if r == 0:
             continue
-        order = sorted((_brute_dist(x[i], x[j], distance), j) for j in range(len(x)) if j != i)
+        order = _order([(_brute_dist(x[i], x[j], distance), j) for j in range(len(x)) if j != i], distance)
         rel = [labels[j] == labels[i] for _, j in order]
         for k in ks:
             recall[k].append(float(any(rel[:k])))

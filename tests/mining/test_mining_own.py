@@ -12,8 +12,9 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from harness.losses import get_distance
 from harness.mining import get_miner
 from harness.mining.sampled import sample_negatives
+from harness.registry import DISTANCES as REGISTERED
 
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+DISTANCES = REGISTERED.names()
 
 
 def _batch(b: int = 24, d: int = 8, classes: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
