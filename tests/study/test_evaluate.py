@@ -1,0 +1,147 @@
+"""The final evaluation: distinct top configs, results named by what ran, ties broken by compute, and
+two evaluations at once run each unit once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from fixtures import make_cub
+from helpers import NAME, tiny_config
+from mlflow.tracking import MlflowClient
+from processes import patience
+
+from harness.cli import main
+
+HARNESS = [sys.executable, "-m", "harness.cli", "--threads", "1"]
+
+
+def _study(root: Path, tmp: Path, **over: object) -> Path:
+    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
+
+
+WRITE_OFTEN = """
+import sys
+from pathlib import Path
+import pandas as pd
+from harness.study.final import write_csv
+df = pd.DataFrame({"x": range(2000)})
+for _ in range(200):
+    write_csv(df, Path(sys.argv[1]))
+"""
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
+
+
+def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
+    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
+    raw["epochs"] = 1
+    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    return raw | over
+
+
+def test_two_evaluations_at_once_run_each_unit_once(cub: Path, tmp_path: Path) -> None:
+
+    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seeds": 2, "references": False})
+    assert main(["study", "run", "--config", str(path)]) == 0
+    procs = [
+        subprocess.Popen([*HARNESS, "evaluate", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    codes = [p.wait(timeout=600) for p in procs]
+    assert codes == [0, 0], [p.stderr.read()[-2000:] for p in procs if p.stderr]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    names = [
+        r.info.run_name for r in client.search_runs([exp.experiment_id], "tags.`harness.phase` = 'test'")
+    ]
+    assert len(names) == len(set(names)) == 3  # the baseline and the best config with 2 seeds, once each
+
+
+def test_two_evaluations_writing_one_table_at_once_both_succeed(tmp_path: Path) -> None:
+    """Found by the test above failing once in three: both evaluations wrote test.csv through the
+    same temp name, and the one whose temp the other had renamed away died with "cannot access
+    .../test.tmp". Two processes now write one table 200 times each, at the same moment."""
+    out = tmp_path / "test.csv"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITE_OFTEN, str(out)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        errors = [p.communicate(timeout=patience(300))[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for e in errors]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert len(pd.read_csv(out)) == 2000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv"]  # no temp file left behind
+
+
+def test_equal_compute_breaks_ties_by_the_fewest_images() -> None:
+    import pandas as pd
+
+    from harness.report.tables import equal_compute_table
+
+    curves = pd.DataFrame(
+        {
+            "number": [0, 0, 1, 1],
+            "mining": ["semihard"] * 4,
+            "family": ["online"] * 4,
+            "images_processed": [38199.0, 50000.0, 25592.0, 30000.0],
+            "val_recall@1": [0.7, 0.6, 0.7, 0.65],
+        }
+    )
+    table, _ = equal_compute_table(curves)
+    assert table["images to best overall"].tolist() == [25592.0]
+
+
+def test_evaluate_top_n_holds_distinct_configs(data_root: Path, tmp_path: Path) -> None:
+    """With nothing searched every trial has the same params: the top-N keeps one copy."""
+    raw = config(data_root, tmp_path, n_trials=3)
+    raw["search_space"] = {"mining": "semihard", "batch_p": 4, "batch_k": 2, "embedding_dim": 16}
+    raw["evaluate"] = {"top_n": 3, "seeds": 1, "references": False}
+    path = write(tmp_path, raw)
+    assert main(["study", "run", "--config", str(path)]) == 0
+    assert main(["evaluate", "--config", str(path)]) == 0
+    test = pd.read_csv(tmp_path / "results" / NAME / "test.csv")
+    assert list(test["kind"]) == ["baseline", "top"]
+
+
+def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Path) -> None:
+    from harness.params import TrialParams
+    from harness.study.final import Evaluator, Unit
+
+    ev = object.__new__(Evaluator)
+    ev.uid, ev.split, ev.dir = "u1", "s1", tmp_path
+    p = TrialParams(0.2, 8, 4, "cosine", "semihard", 1e-4, 128)
+    first = Unit("top1-s0", "trial 7", "top", 1, 7, 7, 0.5, p, 8, 0)
+    later = Unit("top2-s0", "trial 7", "top", 2, 7, 7, 0.5, p, 8, 0)  # a better trial came in
+    assert ev.path(first) == ev.path(later)
+    ev._store(first, {"test_recall@1": 0.3, "rank": 1}, {"recall@1": np.ones(3)})
+    row, q = ev.stored(later)
+    assert row["rank"] == 2 and row["test_recall@1"] == 0.3 and q["recall@1"].shape == (3,)
+    ev.path(first).write_bytes(b"PK\x03\x04 cut short")  # damaged: run it again, do not crash
+    assert ev.stored(first) is None
