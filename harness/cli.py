@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from harness.errors import HarnessError, failure
 from harness.pipeline import setup_logging
+from harness.registry import DATASETS
 
 log = logging.getLogger("harness")
 
@@ -231,7 +232,7 @@ def _data_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         dest="data_cmd", required=True, parser_class=Parser
     )
     v = data.add_parser("verify", help="check metadata and decode every image")
-    v.add_argument("--dataset", default="cub", help="cub or cars")
+    v.add_argument("--dataset", default="cub", help=f"one of: {', '.join(DATASETS.names())}")
     v.add_argument("--root", help="dataset folder")
     v.add_argument("--config", help="take dataset and root from a study config instead")
     v.add_argument("--partial", action="store_true", help="a subset: skip the official image/class counts")

@@ -179,3 +179,93 @@ def test_a_new_miner_is_one_module_and_runs_in_a_study(
         static_modules.cache_clear()
         MINERS._entries.pop("probe-nearest", None)
         sys.modules.pop("harness.mining.probe_nearest", None)
+
+
+PROBE_DATASET = """
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.base import ImageList
+from harness.data.dataset import Dataset, Listing
+from harness.registry import DATASETS
+
+
+@DATASETS.register("probe-lines")
+class ProbeLines(Dataset):
+    \"\"\"A folder of images listed in labels.txt, one 'relative/path.jpg class' line each.\"\"\"
+
+    name = "probe-lines"
+    num_classes = 40
+    num_images = None
+    train_classes = range(1, 21)
+    test_classes = range(21, 41)
+
+    def find_root(self, root: Path) -> Path:
+        if not (root / "labels.txt").is_file():
+            raise self.missing_root(root, f"{root}: no labels.txt")
+        return root
+
+    def read(self, root: Path) -> Listing:
+        rows = [line.split() for line in (root / "labels.txt").read_text().splitlines()]
+        labels = np.array([int(c) for _, c in rows], dtype=np.int64)
+        images = ImageList(self.name, root, tuple(p for p, _ in rows), labels)
+        return Listing(images, len(set(labels.tolist())), "labels.txt", root / "labels.txt")
+"""
+
+
+def test_a_new_dataset_is_one_module_and_runs_in_a_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One dataset module in a folder overlaid on harness.data (as a file dropped into harness/data/
+    would be) and its fixture, nothing else edited: the config accepts its name, `data verify` reads
+    it, and a one-trial study prepares, trains and records it."""
+    import yaml
+    from fixtures import make_cub
+    from helpers import tiny_config
+    from optuna.trial import TrialState
+
+    import harness
+    import harness.data
+    from harness.cli import main
+    from harness.study import parse_config
+    from harness.study.identity import load_study
+
+    cub = make_cub(tmp_path / "cub", n_classes=40, per_class=4, noise=60.0)  # the fixture: its images
+    root = tmp_path / "probe"
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for line, label in zip(
+        (cub / "images.txt").read_text().split("\n")[:-1],
+        (cub / "image_class_labels.txt").read_text().split("\n")[:-1],
+        strict=True,
+    ):
+        rel = line.split()[1]
+        target = root / "img" / rel.replace("/", "_")
+        target.write_bytes((cub / "images" / rel).read_bytes())
+        lines.append(f"img/{target.name} {label.split()[1]}")
+    (root / "labels.txt").write_text("\n".join(lines) + "\n")
+
+    overlay = tmp_path / "overlay"
+    (overlay / "data").mkdir(parents=True)
+    (overlay / "data" / "probe_lines.py").write_text(PROBE_DATASET)
+    monkeypatch.setattr(harness, "__path__", [*harness.__path__, str(overlay)])
+    monkeypatch.setattr(harness.__spec__, "submodule_search_locations", harness.__path__)
+    monkeypatch.setattr(harness.data, "__path__", [*harness.data.__path__, str(overlay / "data")])
+    monkeypatch.setattr(DATASETS, "_loaded", False)
+    static_modules.cache_clear()
+    try:
+        assert "probe-lines" in DATASETS.names()
+        assert main(["data", "verify", "--dataset", "probe-lines", "--root", str(root)]) == 0
+        raw = tiny_config(root, tmp_path / "results", n_trials=1) | {"dataset": "probe-lines"}
+        path = tmp_path / "probe.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["study", "run", "--config", str(path)]) == 0
+        (trial,) = load_study(parse_config(raw)).trials
+        assert trial.state == TrialState.COMPLETE
+        manifest = (tmp_path / "results" / raw["name"] / "split_manifest.json").read_text()
+        assert "probe-lines" in manifest
+    finally:
+        static_modules.cache_clear()
+        DATASETS._entries.pop("probe-lines", None)
+        sys.modules.pop("harness.data.probe_lines", None)
