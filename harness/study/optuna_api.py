@@ -22,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial
 
-TESTED = ">=5.0,<5.1"
+TESTED = ">=5.0,<5.2"
 
 # System attributes Optuna's RetryHeartbeatStaleTrialCallback writes on a retried trial.
 FAILED_TRIAL = "failed_trial"  # the number of the first trial of its retry chain
