@@ -54,6 +54,9 @@ def _config(a: argparse.Namespace, path: str | None = None, tracked: bool = True
     cfg = load_config(path or a.config)
     if tracked:
         check_reachable(cfg.tracking_uri)
+        from harness.models.weights import check
+
+        check(cfg.backbone, cfg.pretrained, cfg.checkpoint)  # offline and not cached: one line, now
     _threads(a.threads)
     return cfg
 
@@ -179,6 +182,22 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from harness.bench import PARTS, run_bench
 
     run_bench(out_dir=Path(a.out), quick=a.quick, parts=tuple(a.part or PARTS))
+
+
+def cmd_weights_fetch(a: argparse.Namespace) -> None:
+    """Fill the weights caches (Hugging Face hub, torch hub) for a study's backbone, or a named one."""
+    from harness.models.weights import resolve
+
+    if a.config:
+        cfg = _config(a, tracked=False)
+        wanted = [(cfg.backbone, cfg.pretrained, cfg.checkpoint)]
+    else:
+        wanted = [(name, True, None) for name in a.backbone]
+    for backbone, pretrained, checkpoint in wanted:
+        source = resolve(backbone, pretrained, checkpoint, fetch=True)
+        where = f" -> {source.file}" if source.file else ""
+        digest = f" (sha256 {source.sha256[:12]})" if source.sha256 else ""
+        print(f"{backbone}: {source.origin}{where}{digest}")
 
 
 def cmd_schema(a: argparse.Namespace) -> None:
@@ -316,6 +335,18 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     cc.set_defaults(func=cmd_cluster_check)
     sc = sub.add_parser("schema", help="print the study config's JSON schema (for an editor's YAML support)")
     sc.set_defaults(func=cmd_schema)
+    w = sub.add_parser("weights", help="pretrained backbone weights").add_subparsers(
+        dest="weights_cmd", required=True, parser_class=Parser
+    )
+    wf = w.add_parser(
+        "fetch",
+        help="download a study's backbone weights into the Hugging Face / torch hub cache (on a login"
+        " node, before submitting to compute nodes without internet)",
+    )
+    which = wf.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="a study config: its backbone, pretrained and checkpoint")
+    which.add_argument("--backbone", nargs="+", help="timm names, optionally with a tag (resnet50.a1_in1k)")
+    wf.set_defaults(func=cmd_weights_fetch)
 
 
 def main(argv: list[str] | None = None) -> int:

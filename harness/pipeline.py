@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-NOISY = ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "sqlalchemy")
+NOISY = ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "sqlalchemy", "timm")
 
 
 class LibraryOneLine(logging.Filter):

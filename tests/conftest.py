@@ -9,6 +9,7 @@ it: a timed-out ``subprocess.run`` kills snakemake, not the jobs snakemake start
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import uuid
 import warnings
@@ -17,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.study.storage import process_start
+# No test reaches a model hub: the hub is off and its caches are a throwaway folder, set before
+# huggingface_hub or torch read them (they read these at import); tests that need weights build a
+# real hub cache in their own temp folder (tests/models/test_weights.py).
+_HUB_HOME = Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-tests-hub-{os.getpid()}"
+os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=str(_HUB_HOME / "hf"), TORCH_HOME=str(_HUB_HOME / "torch"))
+
+from harness.study.storage import process_start  # noqa: E402
 
 MARK = "HARNESS_TEST_CALL"
 
@@ -95,6 +102,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_HUB_HOME, ignore_errors=True)
     before = session.config.stash.get(_BEFORE, None)
     after = _status() if before is not None else None
     if before is None or after is None or after == before:

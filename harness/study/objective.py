@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import torch
 
+from harness.models.weights import weights_params
 from harness.params import TABLE, HyperParam, TrialParams
 from harness.progress import duration
 from harness.study.config import MANIFEST, Choices, Fixed, Range, SearchSpace, Spec, StudyConfig
@@ -161,6 +162,7 @@ class TrialRun:
             if "mlflow_run_id" in trial.user_attrs:  # inherited from the trial it retries
                 link["harness.retry_of_run"] = str(trial.user_attrs["mlflow_run_id"])
         params = asdict(self.params) | {"epochs": o.cfg.epochs, "seed": self.seed}
+        params |= weights_params(source.record() if (source := o.prep.trunk_info.source) else None)
         run = o.tracker.trial_run(o.parent_run, trial.number, params, extra_tags=link)
         trial.set_user_attr("mlflow_run_id", run)
         o.tracker.log_json(run, o.prep.split.manifest, MANIFEST)

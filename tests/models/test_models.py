@@ -11,21 +11,21 @@ import torch
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.models import EmbeddingHead, create_trunk
 from harness.models.embedder import Embedder
-from harness.models.pretrained import LITE0_MEAN_STD, lite0_weights_path, load_by_position
+from harness.models.pretrained import HALF, load_by_position, package_file
 from harness.params import TrialParams
 from harness.training import ImageSource, train
 
 
 def test_lite0_weights_land_in_timm_lite0_in_order() -> None:
     trunk, info = create_trunk("efficientnet_lite0", pretrained=True)
-    source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    source = torch.load(package_file("efficientnet_lite0"), map_location="cpu", weights_only=True)
     target = trunk.state_dict()
     src = [v for k, v in source.items() if not k.startswith("_fc.")]  # the classifier is removed
     assert len(src) == len(target)
     for s, (name, t) in zip(src, target.items()):
         assert torch.equal(s, t), name
     assert info.weights == "imagenet-lite0" and info.num_features == 1280
-    assert (info.mean, info.std) == LITE0_MEAN_STD
+    assert (info.mean, info.std) == HALF
 
 
 def test_load_by_position_rejects_shape_mismatch() -> None:
@@ -52,8 +52,12 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_backbone_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown timm backbone 'resnet_nope'"):
         create_trunk("resnet_nope")
-    with pytest.raises(ConfigError, match="no offline pretrained weights for 'resnet50'"):
-        create_trunk("resnet50", pretrained=True)
+    with pytest.raises(ConfigError, match="weights for 'resnet50' are not in the cache .*HF_HUB_OFFLINE=1"):
+        create_trunk("resnet50", pretrained=True)  # the suite runs with the hub off (conftest.py)
+    with pytest.raises(
+        ConfigError, match="timm has no tag 'untrained' for 'efficientnet_lite1'; its pretrained tags: none"
+    ):
+        create_trunk("efficientnet_lite1.untrained", pretrained=True)
     with pytest.raises(DataError, match="does not exist"):
         create_trunk("test_resnet", checkpoint=tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
