@@ -34,6 +34,7 @@ from harness.report.tables import (
     manifest_table,
     strategy_table,
     trials_table,
+    weights_text,
     with_ci,
 )
 from harness.study.config import StudyConfig
@@ -133,8 +134,9 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
     page.p(
         f"{html.escape(cfg.description or '')}<br>Dataset <b>{html.escape(cfg.dataset)}</b>, backbone "
         f"<b>{html.escape(cfg.backbone)}</b> ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px, "
-        f"{cfg.epochs} epochs per trial. Hyperparameters were chosen on validation classes carved out of "
-        "the training classes; the test classes were used only for the final evaluation."
+        f"{cfg.epochs} epochs per trial.{weights_text(cfg)} Hyperparameters were chosen on validation"
+        " classes carved out of the training classes; the test classes were used only for the final"
+        " evaluation."
     )
     for note in d.notes:
         page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')

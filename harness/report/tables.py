@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import platform
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.params import TABLE, HyperParam, is_offline
 from harness.study.config import StudyConfig, config_warnings
+from harness.study.guard import stored_weights
 from harness.study.identity import load_study, read_manifest, study_uid
 
 
@@ -297,4 +299,20 @@ def environment() -> pd.DataFrame:
                 "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             }
         ]
+    )
+
+
+def weights_text(cfg: StudyConfig) -> str:
+    """Which weights the study's backbone loaded and the preprocessing they come with, for the page's
+    first paragraph (empty before the data is prepared)."""
+    w = stored_weights(cfg)
+    if not w:
+        return ""
+    digest = f", sha256 <code>{str(w['sha256'])[:12]}</code>" if w.get("sha256") else ""
+    mean = ", ".join(f"{v:.3g}" for v in w.get("mean", ()))
+    std = ", ".join(f"{v:.3g}" for v in w.get("std", ()))
+    return (
+        f" Weights <code>{html.escape(str(w.get('origin')))}</code>{digest}; their preprocessing: mean"
+        f" ({mean}), std ({std}), {html.escape(str(w.get('interpolation')))}, crop {w.get('crop_pct')},"
+        f" native input {w.get('input_size')} px (the study crops {cfg.image_size} px)."
     )

