@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,14 @@ def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Callab
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Callable[[torch.Tensor], Any]:
     import onnxruntime
 
+    with warnings.catch_warnings():  # torch's notice that this (TorchScript-based) exporter will go
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _onnx_export(module, example, path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         module,
         (example,),
@@ -82,8 +91,6 @@ def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Callable[[tor
         dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
         dynamo=False,
     )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
 
 FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path], Callable[[torch.Tensor], Any]]]] = {

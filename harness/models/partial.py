@@ -93,6 +93,17 @@ class Bottom(nn.Module):
         return out
 
 
+class Stacked(nn.Module):
+    """Bottom then a trained top again: the whole model, image -> embedding, for export."""
+
+    def __init__(self, bottom: Bottom, train_blocks: int, top: nn.Module) -> None:
+        super().__init__()
+        self.bottom, self.train_blocks, self.top = bottom, train_blocks, top
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.bottom(x, [self.train_blocks])[self.train_blocks])
+
+
 class Top(nn.Module):
     """The trainable part: cached activations -> the backbone's pooled features (num_features). A copy
     of the model whose stem and first stages are identities; timm's forward does the rest."""

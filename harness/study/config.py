@@ -74,6 +74,7 @@ class Evaluate:
     reference_margin: float = 0.2
     bootstrap: int = 2000
     jobs: int = 1  # Snakemake jobs the evaluation runs are spread over
+    export: str = "best"  # TorchScript + ONNX of: the best config's seeds | all final runs | none
 
     @property
     def seed_list(self) -> list[int]:

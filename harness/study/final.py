@@ -26,6 +26,7 @@ Every file carries the ``study_uid`` of the study incarnation it belongs to.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -48,6 +49,7 @@ from harness.data.splits import check_manifest
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.evaluation.stats import Interval, bootstrap_interval, paired_bootstrap, paired_t, t_interval
+from harness.models.export import export_model
 from harness.params import TrialParams, defaults
 from harness.progress import Progress, duration
 from harness.study.config import StudyConfig
@@ -312,7 +314,13 @@ class Evaluator:
             model, p, trainval_src, unit.epochs, self.device, seed=unit.seed, compile_mode=self.mode
         )
         train_s = time.perf_counter() - t0
-        m = evaluate_source(model, test_src, p.distance, self.device, nmi=True, per_query=q)
+        kept: dict = {}
+        m = evaluate_source(model, test_src, p.distance, self.device, nmi=True, per_query=q, embeddings=kept)
+        self._store_embeddings(unit, kept["embeddings"], p.distance)
+        if self.cfg.evaluate.export == "all" or (
+            self.cfg.evaluate.export == "best" and unit.kind == "top" and unit.rank == 1
+        ):
+            self._export(unit, p, model)
         row |= {
             "seed": unit.seed,
             "val_recall@1": unit.val_r1,
@@ -331,6 +339,56 @@ class Evaluator:
             "harness.seed": str(unit.seed),
         }
         return params, f"test-{unit.label.replace(' ', '-')}-seed{unit.seed}", tags
+
+    def embeddings_path(self, unit: Unit) -> Path:
+        """The unit's test embeddings, beside its run file: ``embeddings/run-<id>.npz``."""
+        return self.dir / "embeddings" / self.path(unit).name
+
+    def _store_embeddings(self, unit: Unit, emb: torch.Tensor, distance: str) -> None:
+        """The test-class embeddings with their image paths and labels, so another tool can re-score
+        them (``np.load``: ``embeddings`` [N, D] float32, ``labels`` [N], ``paths`` [N], ``distance``)."""
+        test = self.prep.split.test
+        path = self.embeddings_path(unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with written_whole(path) as tmp:
+            np.savez_compressed(
+                tmp,
+                embeddings=emb.numpy().astype(np.float32),
+                labels=np.asarray(self.prep.images.labels)[test],
+                paths=np.asarray([self.prep.images.paths[i] for i in test]),
+                distance=np.array(distance),
+                config=np.array(unit.label),
+                seed=np.array(unit.seed),
+            )
+
+    def _export(self, unit: Unit, p: TrialParams, trained: torch.nn.Module) -> None:
+        """The run's whole model (images -> embeddings) as TorchScript and ONNX, with its
+        preprocessing, in ``evaluation/models/<run>/``."""
+        prep = self.prep
+        whole = prep.mode.image_model(prep, trained, p, self.device, self.pool)
+        source = prep.trunk_info.source
+        record = (
+            source.record()
+            if source is not None
+            else {"mean": prep.trunk_info.mean, "std": prep.trunk_info.std}
+        )
+        folder = self.dir / "models" / self.path(unit).stem
+        out = export_model(
+            copy.deepcopy(whole).float(),
+            folder,
+            self.cfg.image_size,
+            record
+            | {
+                "study": self.cfg.name,
+                "config": unit.label,
+                "seed": unit.seed,
+                "distance": p.distance,
+                "trunk": self.cfg.trunk,
+                "cache_size": self.cfg.cache_px,
+                "params": asdict(p),
+            },
+        )
+        log.info("%s, seed %d: model written to %s (%s)", unit.label, unit.seed, folder, ", ".join(out.files))
 
     def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
         """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""

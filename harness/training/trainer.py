@@ -58,9 +58,14 @@ def evaluate_source(
     device: torch.device,
     nmi: bool = False,
     per_query: dict | None = None,
+    embeddings: dict | None = None,
 ) -> dict[str, float]:
+    """Retrieval metrics of ``model`` on ``source``; ``per_query`` receives each query's scores and
+    ``embeddings`` (when given) the embeddings themselves (``"embeddings"``: [N, D] on the CPU)."""
     t0 = time.perf_counter()
     emb = embed_source(model, source, device)
+    if embeddings is not None:
+        embeddings["embeddings"] = emb.detach().float().cpu()
     sync(device)
     embed_s = time.perf_counter() - t0
     metrics = retrieval_metrics(emb, source.labels, distance=distance, nmi=nmi, per_query=per_query)

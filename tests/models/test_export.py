@@ -75,3 +75,20 @@ def test_an_operator_onnx_lacks_is_named_and_the_rest_is_written(
     assert "linalg_eigh" in out.failed["onnx"]
     assert json.loads((tmp_path / PREPROCESSING).read_text())["failed"] == out.failed
     assert "export to onnx failed" in caplog.text
+
+
+def test_a_partial_trunk_exports_as_bottom_then_top(tmp_path: Path) -> None:
+    """trunk: partial trains a top on cached activations; the exported model runs the frozen bottom
+    to the cut, then the trained top: with the top untrained it is the whole backbone again."""
+    from harness.models.partial import Bottom, Stacked, Top
+
+    torch.manual_seed(0)
+    trunk, info = create_trunk("test_efficientnet", pretrained=False)
+    trunk.eval()
+    head = EmbeddingHead(info.num_features, 8).eval()
+    whole = Stacked(Bottom(trunk), 1, Embedder(Top(trunk, 1), head)).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(whole(x), Embedder(trunk, head)(x), rtol=1e-5, atol=1e-6)
+    out = export_model(whole, tmp_path, 32, PREP)
+    assert not out.failed and all(d <= TOLERANCE for d in out.max_abs_diff.values())

@@ -145,3 +145,46 @@ def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Pat
     assert row["rank"] == 2 and row["test_recall@1"] == 0.3 and q["recall@1"].shape == (3,)
     ev.path(first).write_bytes(b"PK\x03\x04 cut short")  # damaged: run it again, do not crash
     assert ev.stored(first) is None
+
+
+def test_saved_test_embeddings_re_scored_by_pml_agree(cub: Path, tmp_path: Path) -> None:
+    """Every final run's test embeddings are saved with their paths and labels; pytorch-metric-
+    learning's AccuracyCalculator on them gives the harness's R@1, MAP@R and R-Precision to 1e-6."""
+    import json
+
+    import torch
+    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seed": 0, "seeds": 2, "references": False})
+    assert main(["study", "run", "--config", str(path)]) == 0
+    assert main(["evaluate", "--config", str(path)]) == 0
+    evaluation = tmp_path / "results" / NAME / "evaluation"
+    saved = sorted((evaluation / "embeddings").glob("run-*.npz"))
+    assert len(saved) == 2  # one config x 2 seeds (the baseline trains nothing)
+    for file in saved:
+        emb = np.load(file)
+        row = json.loads(str(np.load(evaluation / file.name)["row"]))
+        x, labels = torch.from_numpy(emb["embeddings"]), torch.from_numpy(emb["labels"])
+        assert len(emb["paths"]) == len(labels) == x.shape[0] and str(emb["paths"][0]).endswith(".jpg")
+        assert set(np.unique(emb["labels"])) <= set(range(101, 201))  # test classes only
+        distance = CosineSimilarity() if str(emb["distance"]) == "cosine" else LpDistance(power=1)
+        calc = AccuracyCalculator(
+            include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
+            k="max_bin_count",
+            device=torch.device("cpu"),
+            knn_func=CustomKNN(distance),
+        )
+        pml = calc.get_accuracy(x, labels)
+        assert row["test_recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
+        assert row["test_map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
+        assert row["test_r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
+    # evaluate.export: best (the default): the best config's seeds, as TorchScript and ONNX
+    models = sorted((evaluation / "models").glob("run-*"))
+    assert [m.name for m in models] == [f.stem for f in saved]
+    for folder in models:
+        meta = json.loads((folder / "preprocessing.json").read_text())
+        assert meta["files"] == {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}, meta["failed"]
+        assert max(meta["max_abs_diff_vs_eager"].values()) <= meta["tolerance"]
+        assert meta["config"].startswith("trial ") and meta["image_size"] == 32 and meta["trunk"] == "frozen"

@@ -99,6 +99,13 @@ class TrunkMode(ABC):
         """The module one trial trains."""
 
     @abstractmethod
+    def image_model(
+        self, prep: Prepared, trained: nn.Module, params: TrialParams, device: torch.device, pool: TrunkPool
+    ) -> nn.Module:
+        """The whole embedding model, normalised images -> embeddings, around ``trained`` (what
+        ``model`` built and training changed): what is exported."""
+
+    @abstractmethod
     def baseline(self, prep: Prepared, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         """Embeddings of the images ``idx`` by the backbone alone (no triplet training)."""
 

@@ -40,6 +40,12 @@ class FinetuneTrunk(TrunkMode):
     def model(self, prep: Prepared, params: TrialParams, device: torch.device, pool: TrunkPool) -> nn.Module:
         return Embedder(pool.get(), self.head(prep, params, device))
 
+    def image_model(
+        self, prep: Prepared, trained: nn.Module, params: TrialParams, device: torch.device, pool: TrunkPool
+    ) -> nn.Module:
+        """Trunk and head trained together: the model itself."""
+        return trained
+
     def baseline(self, prep: Prepared, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         cfg = self.cfg
         trunk, info = create_trunk(cfg.backbone, cfg.pretrained, cfg.checkpoint, seed=cfg.seed)

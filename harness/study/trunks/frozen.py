@@ -8,6 +8,7 @@ from torch import nn
 
 from harness.data.base import ImageList
 from harness.models import TrunkInfo, feature_cache_path, trunk_features
+from harness.models.embedder import Embedder
 from harness.params import TrialParams
 from harness.registry import TRUNKS
 from harness.study.trunks.base import Prepared, TrunkMode, TrunkPool
@@ -36,6 +37,12 @@ class FrozenTrunk(TrunkMode):
 
     def model(self, prep: Prepared, params: TrialParams, device: torch.device, pool: TrunkPool) -> nn.Module:
         return self.head(prep, params, device)
+
+    def image_model(
+        self, prep: Prepared, trained: nn.Module, params: TrialParams, device: torch.device, pool: TrunkPool
+    ) -> nn.Module:
+        """The frozen trunk the features came from, then the trained head."""
+        return Embedder(pool.get(), trained)  # type: ignore[arg-type]
 
     def baseline(self, prep: Prepared, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(prep.inputs[idx].copy())

@@ -28,7 +28,7 @@ from harness.models.activations import (
     load_activations,
 )
 from harness.models.embedder import Embedder
-from harness.models.partial import Bottom, Top, check_cuts
+from harness.models.partial import Bottom, Stacked, Top, check_cuts
 from harness.params import TrialParams
 from harness.registry import TRUNKS
 from harness.study.trunks.base import Prepared, TrunkMode, TrunkPool
@@ -132,6 +132,12 @@ class PartialTrunk(TrunkMode):
         on CPU too (measured)."""
         top = Top(pool.get(), params.train_blocks).to(device).to(memory_format=torch.channels_last)
         return Embedder(top, self.head(prep, params, device), layout=torch.channels_last)
+
+    def image_model(
+        self, prep: Prepared, trained: nn.Module, params: TrialParams, device: torch.device, pool: TrunkPool
+    ) -> nn.Module:
+        """The frozen bottom up to the cut the activations were cached at, then the trained top."""
+        return Stacked(Bottom(pool.get()), params.train_blocks, trained)
 
     def baseline(self, prep: Prepared, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         """The pretrained top on the cached centre views: the same features as the whole trunk."""
