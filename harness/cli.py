@@ -200,6 +200,14 @@ def cmd_weights_fetch(a: argparse.Namespace) -> None:
         print(f"{backbone}: {source.origin}{where}{digest}")
 
 
+def cmd_embed(a: argparse.Namespace) -> None:
+    _threads(a.threads)
+    from harness.models.embed import embed_folder
+
+    n = embed_folder(Path(a.model), Path(a.images), Path(a.out), a.batch_size)
+    print(f"{n} embeddings -> {a.out}")
+
+
 def cmd_schema(a: argparse.Namespace) -> None:
     import json
 
@@ -335,6 +343,12 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     cc.set_defaults(func=cmd_cluster_check)
     sc = sub.add_parser("schema", help="print the study config's JSON schema (for an editor's YAML support)")
     sc.set_defaults(func=cmd_schema)
+    em = sub.add_parser("embed", help="embed a folder of images with an exported model")
+    em.add_argument("--model", required=True, help="an exported model folder (evaluation/models/<run>/)")
+    em.add_argument("--images", required=True, help="a folder of images (searched recursively)")
+    em.add_argument("--out", required=True, help="the .npz to write (embeddings, paths)")
+    em.add_argument("--batch-size", type=positive_int, default=64)
+    em.set_defaults(func=cmd_embed)
     w = sub.add_parser("weights", help="pretrained backbone weights").add_subparsers(
         dest="weights_cmd", required=True, parser_class=Parser
     )

@@ -64,9 +64,11 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Callable[[torch.Tensor], Any]:
-    traced = torch.jit.trace(module, example, check_trace=False)
-    traced.save(str(path))
-    loaded = torch.jit.load(str(path))
+    with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated (torch.export is next)
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(module, example, check_trace=False)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
     return lambda x: loaded(x)
 
 

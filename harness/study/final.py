@@ -385,6 +385,8 @@ class Evaluator:
                 "distance": p.distance,
                 "trunk": self.cfg.trunk,
                 "cache_size": self.cfg.cache_px,
+                "resize": f"shorter side to cache_size ({self.cfg.cache_px} px, bicubic), centre crop square,"
+                f" then centre crop image_size ({self.cfg.image_size} px); harness embed does this",
                 "params": asdict(p),
             },
         )

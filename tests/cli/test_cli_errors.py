@@ -271,9 +271,20 @@ def test_missing_config_file_every_command(
 def test_help_lists_the_commands(tmp_path: Path) -> None:
     r = run_subprocess(["--help"], tmp_path)
     assert r.returncode == 0
-    for command in ("data", "study", "evaluate", "report", "smoke", "bench", "cluster", "schema", "weights"):
+    for command in (
+        "data",
+        "study",
+        "evaluate",
+        "report",
+        "smoke",
+        "bench",
+        "cluster",
+        "schema",
+        "embed",
+        "weights",
+    ):
         assert command in r.stdout
-    assert "{data,study,evaluate,report,smoke,bench,cluster,schema,weights}" in r.stdout
+    assert "{data,study,evaluate,report,smoke,bench,cluster,schema,embed,weights}" in r.stdout
 
 
 # --- storage and results-dir faults (issue #4) --------------------------------------------------------

@@ -92,3 +92,65 @@ def test_a_partial_trunk_exports_as_bottom_then_top(tmp_path: Path) -> None:
         torch.testing.assert_close(whole(x), Embedder(trunk, head)(x), rtol=1e-5, atol=1e-6)
     out = export_model(whole, tmp_path, 32, PREP)
     assert not out.failed and all(d <= TOLERANCE for d in out.max_abs_diff.values())
+
+
+def test_harness_embed_a_folder_with_an_exported_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures import make_cub
+    from helpers import one_error_line
+
+    from harness.cli import main
+    from harness.data.images import decode
+    from harness.data.transforms import center_crop
+
+    model = _model()
+    export_model(model, tmp_path / "export", 32, PREP | {"cache_size": 36})
+    cub = make_cub(tmp_path / "data", n_classes=3, per_class=3)
+    images = cub / "images"
+    out = tmp_path / "new.npz"
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "export"),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    got = np.load(out)
+    files = sorted(images.rglob("*.jpg"))
+    assert list(got["paths"]) == [str(p.relative_to(images)) for p in files]
+    x = torch.from_numpy(np.stack([decode(p, 36) for p in files])).permute(0, 3, 1, 2).float() / 255.0
+    mean, std = torch.tensor(PREP["mean"]).view(1, 3, 1, 1), torch.tensor(PREP["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = model((center_crop(x, 32) - mean) / std)
+    assert got["embeddings"].shape == (9, 16)
+    assert float(np.abs(got["embeddings"] - want.numpy()).max()) <= TOLERANCE
+    capsys.readouterr()
+    assert main(["embed", "--model", str(tmp_path), "--images", str(images), "--out", str(out)]) == 2
+    assert "is not an exported model" in one_error_line(2, capsys.readouterr().err)
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "export"),
+                "--images",
+                str(tmp_path / "empty"),
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 2
+    )
+    assert "holds no images" in one_error_line(2, capsys.readouterr().err)
+    assert not (tmp_path / "x.npz").exists()
