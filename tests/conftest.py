@@ -115,3 +115,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f"the tests changed the checkout (git status differs): {'; '.join(changed[:10])}", red=True
         )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CUB in the official layout, hard enough that retrieval is not trivial (per module)."""
+    from fixtures import make_cub
+
+    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
+
+
+@pytest.fixture(scope="module")
+def data_root(cub: Path) -> Path:
+    return cub

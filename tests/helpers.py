@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from processes import patience, run_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +173,55 @@ def stop_in(number: int, epoch: int, stop) -> object:  # noqa: ANN001
         return real(*args, **(kw | {"on_checkpoint": checkpointed}))
 
     return train
+
+
+# --- a short study on the tiny dataset, for the tests of a study's life on disk -----------------
+
+
+def study_file(root: Path, tmp: Path, **over: object) -> Path:
+    """A 2-trial, 1-epoch study config on ``root`` written to ``tmp/s.yaml``."""
+    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def config(data_root: Path, tmp: Path, n_trials: int = 3, **over: object) -> dict:
+    """The tiny config with 1 epoch and a searched learning rate."""
+    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
+    raw["epochs"] = 1
+    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    return raw | over
+
+
+def journal(results: Path, name: str = NAME) -> Path:
+    return results / name / "optuna.journal"
+
+
+def study_of(results: Path, name: str = NAME):  # noqa: ANN201
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal(results, name))))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def params_of(study) -> list[tuple]:  # noqa: ANN001
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
+
+
+def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path]:
+    """A study whose ``n_trials`` trials have run; returns its config and the config's path."""
+    from harness.cli import main
+
+    raw = config(data_root, tmp_path, n_trials=n_trials)
+    path = write(tmp_path, raw)
+    assert main(["study", "run", "--config", str(path)]) == 0
+    return raw, path

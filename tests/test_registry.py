@@ -110,6 +110,26 @@ def test_a_new_part_is_one_new_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     static_modules.cache_clear()
 
 
+def overlay_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, registry: Registry, file: str, source: str
+) -> None:
+    """``source`` as ``harness/<package>/<file>``, from a folder overlaid on the package (as a file
+    dropped into the package would be); nothing of the package is edited."""
+    import importlib
+
+    import harness
+
+    overlay = tmp_path / "overlay"
+    (overlay / package).mkdir(parents=True)
+    (overlay / package / file).write_text(source)
+    sub = importlib.import_module(f"harness.{package}")
+    monkeypatch.setattr(harness, "__path__", [*harness.__path__, str(overlay)])
+    monkeypatch.setattr(harness.__spec__, "submodule_search_locations", harness.__path__)
+    monkeypatch.setattr(sub, "__path__", [*sub.__path__, str(overlay / package)])
+    monkeypatch.setattr(registry, "_loaded", False)
+    static_modules.cache_clear()
+
+
 PROBE = """
 import torch
 
@@ -141,8 +161,6 @@ def test_a_new_miner_is_one_module_and_runs_in_a_study(
     from helpers import tiny_config
     from optuna.trial import TrialState
 
-    import harness
-    import harness.mining
     from harness.cli import main
     from harness.losses import get_distance
     from harness.mining import get_miner, online_miners
@@ -150,14 +168,7 @@ def test_a_new_miner_is_one_module_and_runs_in_a_study(
     from harness.study import parse_config
     from harness.study.identity import load_study
 
-    overlay = tmp_path / "overlay"
-    (overlay / "mining").mkdir(parents=True)
-    (overlay / "mining" / "probe_nearest.py").write_text(PROBE)
-    monkeypatch.setattr(harness, "__path__", [*harness.__path__, str(overlay)])
-    monkeypatch.setattr(harness.__spec__, "submodule_search_locations", harness.__path__)
-    monkeypatch.setattr(harness.mining, "__path__", [*harness.mining.__path__, str(overlay / "mining")])
-    monkeypatch.setattr(MINERS, "_loaded", False)
-    static_modules.cache_clear()
+    overlay_module(tmp_path, monkeypatch, "mining", MINERS, "probe_nearest.py", PROBE)
     try:
         assert "probe-nearest" in MINERS.names() and "probe-nearest" in online_miners()
         assert not is_offline("probe-nearest")
@@ -225,8 +236,6 @@ def test_a_new_dataset_is_one_module_and_runs_in_a_study(
     from helpers import tiny_config
     from optuna.trial import TrialState
 
-    import harness
-    import harness.data
     from harness.cli import main
     from harness.study import parse_config
     from harness.study.identity import load_study
@@ -246,14 +255,7 @@ def test_a_new_dataset_is_one_module_and_runs_in_a_study(
         lines.append(f"img/{target.name} {label.split()[1]}")
     (root / "labels.txt").write_text("\n".join(lines) + "\n")
 
-    overlay = tmp_path / "overlay"
-    (overlay / "data").mkdir(parents=True)
-    (overlay / "data" / "probe_lines.py").write_text(PROBE_DATASET)
-    monkeypatch.setattr(harness, "__path__", [*harness.__path__, str(overlay)])
-    monkeypatch.setattr(harness.__spec__, "submodule_search_locations", harness.__path__)
-    monkeypatch.setattr(harness.data, "__path__", [*harness.data.__path__, str(overlay / "data")])
-    monkeypatch.setattr(DATASETS, "_loaded", False)
-    static_modules.cache_clear()
+    overlay_module(tmp_path, monkeypatch, "data", DATASETS, "probe_lines.py", PROBE_DATASET)
     try:
         assert "probe-lines" in DATASETS.names()
         assert main(["data", "verify", "--dataset", "probe-lines", "--root", str(root)]) == 0

@@ -6,23 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
-from fixtures import make_cub
-from helpers import tiny_config
+from helpers import study_file
 
 from harness.cli import main
-
-
-def _study(root: Path, tmp: Path, **over: object) -> Path:
-    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
 
 
 def test_a_librarys_traceback_is_one_line_in_the_log(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,7 +29,7 @@ def test_a_librarys_traceback_is_one_line_in_the_log(capsys: pytest.CaptureFixtu
 def test_the_console_counts_trials_and_says_what_evaluate_reused(
     cub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seeds": 1, "references": False})
+    path = study_file(cub, tmp_path, evaluate={"top_n": 1, "seeds": 1, "references": False})
     assert main(["study", "run", "--config", str(path)]) == 0
     assert main(["evaluate", "--config", str(path)]) == 0
     assert main(["evaluate", "--config", str(path)]) == 0

@@ -109,22 +109,11 @@ def test_harness_embed_a_folder_with_an_exported_model(
     cub = make_cub(tmp_path / "data", n_classes=3, per_class=3)
     images = cub / "images"
     out = tmp_path / "new.npz"
-    assert (
-        main(
-            [
-                "embed",
-                "--model",
-                str(tmp_path / "export"),
-                "--images",
-                str(images),
-                "--out",
-                str(out),
-                "--batch-size",
-                "4",
-            ]
-        )
-        == 0
-    )
+
+    def embed(model_dir: Path, folder: Path, to: Path, *more: str) -> int:
+        return main(["embed", "--model", str(model_dir), "--images", str(folder), "--out", str(to), *more])
+
+    assert embed(tmp_path / "export", images, out, "--batch-size", "4") == 0
     got = np.load(out)
     files = sorted(images.rglob("*.jpg"))
     assert list(got["paths"]) == [str(p.relative_to(images)) for p in files]
@@ -135,22 +124,9 @@ def test_harness_embed_a_folder_with_an_exported_model(
     assert got["embeddings"].shape == (9, 16)
     assert float(np.abs(got["embeddings"] - want.numpy()).max()) <= TOLERANCE
     capsys.readouterr()
-    assert main(["embed", "--model", str(tmp_path), "--images", str(images), "--out", str(out)]) == 2
+    assert embed(tmp_path, images, out) == 2
     assert "is not an exported model" in one_error_line(2, capsys.readouterr().err)
     (tmp_path / "empty").mkdir()
-    assert (
-        main(
-            [
-                "embed",
-                "--model",
-                str(tmp_path / "export"),
-                "--images",
-                str(tmp_path / "empty"),
-                "--out",
-                str(tmp_path / "x.npz"),
-            ]
-        )
-        == 2
-    )
+    assert embed(tmp_path / "export", tmp_path / "empty", tmp_path / "x.npz") == 2
     assert "holds no images" in one_error_line(2, capsys.readouterr().err)
     assert not (tmp_path / "x.npz").exists()

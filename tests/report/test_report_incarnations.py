@@ -6,29 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from fixtures import make_cub
-from helpers import NAME, tiny_config
+from helpers import NAME, config, write
 
 from harness.cli import main
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
-    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
-    raw["epochs"] = 1
-    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    return raw | over
 
 
 def test_the_report_drops_files_of_an_earlier_incarnation(

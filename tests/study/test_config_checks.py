@@ -9,39 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from fixtures import make_cub
-from helpers import NAME, tiny_config
+from helpers import NAME, config, finished, write
 from helpers import error_line as one_error_line
 
 from harness.cli import main
 from harness.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
-    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
-    raw["epochs"] = 1
-    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    return raw | over
-
-
-def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path]:
-    """A study whose ``n_trials`` trials have run; returns its config and the config's path."""
-    raw = config(data_root, tmp_path, n_trials=n_trials)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
-    return raw, path
 
 
 def _stored(results: Path) -> dict[str, bytes]:

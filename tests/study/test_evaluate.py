@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from fixtures import make_cub
-from helpers import NAME, tiny_config
+from helpers import NAME, config, study_file, write
 from mlflow.tracking import MlflowClient
 from processes import patience
 
 from harness.cli import main
 
 HARNESS = [sys.executable, "-m", "harness.cli", "--threads", "1"]
-
-
-def _study(root: Path, tmp: Path, **over: object) -> Path:
-    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
 
 
 WRITE_OFTEN = """
@@ -44,27 +30,9 @@ for _ in range(200):
 """
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
-    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
-    raw["epochs"] = 1
-    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    return raw | over
-
-
 def test_two_evaluations_at_once_run_each_unit_once(cub: Path, tmp_path: Path) -> None:
 
-    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seeds": 2, "references": False})
+    path = study_file(cub, tmp_path, evaluate={"top_n": 1, "seeds": 2, "references": False})
     assert main(["study", "run", "--config", str(path)]) == 0
     procs = [
         subprocess.Popen([*HARNESS, "evaluate", "--config", str(path)], stderr=subprocess.PIPE, text=True)
@@ -157,7 +125,7 @@ def test_saved_test_embeddings_re_scored_by_pml_agree(cub: Path, tmp_path: Path)
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
 
-    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seed": 0, "seeds": 2, "references": False})
+    path = study_file(cub, tmp_path, evaluate={"top_n": 1, "seed": 0, "seeds": 2, "references": False})
     assert main(["study", "run", "--config", str(path)]) == 0
     assert main(["evaluate", "--config", str(path)]) == 0
     evaluation = tmp_path / "results" / NAME / "evaluation"

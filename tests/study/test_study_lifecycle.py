@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 from fixtures import make_cub
-from helpers import NAME, tiny_config
+from helpers import NAME, config, finished, journal, params_of, study_file, study_of, tiny_config, write
 from helpers import error_line as one_error_line
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
@@ -35,57 +35,6 @@ def _finished_params(results: Path) -> list[tuple]:
     study = optuna.load_study(study_name=NAME, storage=storage)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=done)]
-
-
-def _study(root: Path, tmp: Path, **over: object) -> Path:
-    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
-    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
-    raw["epochs"] = 1
-    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    return raw | over
-
-
-def journal(results: Path, name: str = NAME) -> Path:
-    return results / name / "optuna.journal"
-
-
-def study_of(results: Path, name: str = NAME) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(journal(results, name))))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def params_of(study: optuna.Study) -> list[tuple]:
-    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
-
-
-def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path]:
-    """A study whose ``n_trials`` trials have run; returns its config and the config's path."""
-    raw = config(data_root, tmp_path, n_trials=n_trials)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
-    return raw, path
 
 
 TORN = b'{"op_code":5,"worker_id":"dead-worker","trial_id":1,"param_na'
@@ -146,7 +95,7 @@ def test_delete_is_refused_while_a_worker_of_the_study_is_alive(cub: Path, tmp_p
     from harness.study.presence import live_workers, registered
     from harness.study.storage import owner_record
 
-    path = _study(cub, tmp_path)
+    path = study_file(cub, tmp_path)
     assert main(["data", "prepare", "--config", str(path)]) == 0
     cfg = load_config(path)
     create(cfg)
@@ -169,7 +118,7 @@ def test_a_worker_whose_study_was_set_aside_under_it_says_so(
     from harness.study.config import load_config
     from harness.study.worker import run_worker
 
-    path = _study(cub, tmp_path)
+    path = study_file(cub, tmp_path)
     assert main(["data", "prepare", "--config", str(path)]) == 0
     assert main(["study", "create", "--config", str(path)]) == 0
     cfg = load_config(path)
@@ -186,7 +135,7 @@ def test_a_worker_whose_study_was_set_aside_under_it_says_so(
 
 def test_a_sqlite_storage_in_a_folder_that_does_not_exist_yet_is_created(cub: Path, tmp_path: Path) -> None:
     db = tmp_path / "new" / "deeper" / "optuna.db"
-    path = _study(cub, tmp_path, storage=f"sqlite:///{db}")
+    path = study_file(cub, tmp_path, storage=f"sqlite:///{db}")
     assert main(["study", "run", "--config", str(path)]) == 0
     assert db.is_file()
 

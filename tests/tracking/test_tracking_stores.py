@@ -11,15 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
-from fixtures import make_cub
-from helpers import NAME, tiny_config
+from helpers import NAME, config, finished, study_file, study_of, write
 from helpers import error_line as one_error_line
 from mlflow.tracking import MlflowClient
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -37,18 +33,6 @@ open_storage(url)
 """
 
 
-def _study(root: Path, tmp: Path, **over: object) -> Path:
-    raw = tiny_config(root, tmp / "results", n_trials=2) | {"epochs": 1} | over
-    path = tmp / "s.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
 HOT_JOURNAL = """
 import sqlite3, sys, time
 con = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -63,47 +47,12 @@ time.sleep(600)
 HARNESS = [sys.executable, "-m", "harness.cli", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cub(tmp_path_factory.mktemp("cub"), per_class=4, noise=60.0)
-
-
-def write(tmp: Path, raw: dict, name: str = "study.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def config(data_root: Path, tmp: Path, n_trials: int = 3, **over) -> dict:
-    raw = tiny_config(data_root, tmp / "results", n_trials=n_trials)
-    raw["epochs"] = 1
-    raw["search_space"] = raw["search_space"] | {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    return raw | over
-
-
-def journal(results: Path, name: str = NAME) -> Path:
-    return results / name / "optuna.journal"
-
-
-def study_of(results: Path, name: str = NAME) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(journal(results, name))))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
 def _half_migrated(db: Path) -> None:
     """What an interrupted concurrent schema migration leaves: an alembic batch-copy table."""
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE _alembic_tmp_params (key VARCHAR(250), value VARCHAR(8000))")
     con.commit()
     con.close()
-
-
-def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path]:
-    """A study whose ``n_trials`` trials have run; returns its config and the config's path."""
-    raw = config(data_root, tmp_path, n_trials=n_trials)
-    path = write(tmp_path, raw)
-    assert main(["study", "run", "--config", str(path)]) == 0
-    return raw, path
 
 
 @pytest.mark.slow
@@ -143,7 +92,7 @@ def test_an_mlflow_run_left_running_by_a_full_disk_is_ended_by_the_next_worker(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    path = _study(cub, tmp_path)
+    path = study_file(cub, tmp_path)
     assert main(["study", "run", "--config", str(path)]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
@@ -199,7 +148,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds(cub: Path, tmp_path: Pa
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    path = _study(cub, tmp_path, mlflow_uri=f"http://127.0.0.1:{port}")
+    path = study_file(cub, tmp_path, mlflow_uri=f"http://127.0.0.1:{port}")
     t0 = time.perf_counter()
     r = subprocess.run([*HARNESS, "study", "create", "--config", str(path)], capture_output=True, text=True)
     took = time.perf_counter() - t0
@@ -209,7 +158,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds(cub: Path, tmp_path: Pa
 
 
 def test_a_deleted_mlflow_db_is_named_when_evaluate_creates_it_again(cub: Path, tmp_path: Path) -> None:
-    path = _study(cub, tmp_path, evaluate={"top_n": 1, "seeds": 1, "references": False})
+    path = study_file(cub, tmp_path, evaluate={"top_n": 1, "seeds": 1, "references": False})
     assert main(["study", "run", "--config", str(path)]) == 0
     (tmp_path / "results" / "mlflow.db").unlink()
     r = subprocess.run([*HARNESS, "evaluate", "--config", str(path)], capture_output=True, text=True)
