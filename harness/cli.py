@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from harness.errors import HarnessError, failure
-from harness.pipeline import setup_logging
+from harness.pipeline import setup_logging, stacks_on_sigusr1
 from harness.registry import DATASETS
 
 log = logging.getLogger("harness")
@@ -56,7 +56,8 @@ def _config(a: argparse.Namespace, path: str | None = None, tracked: bool = True
         check_reachable(cfg.tracking_uri)
         from harness.models.weights import check
 
-        check(cfg.backbone, cfg.pretrained, cfg.checkpoint)  # offline and not cached: one line, now
+        for backbone, pretrained, checkpoint in cfg.weights_wanted():  # offline, not cached: one line, now
+            check(backbone, pretrained, checkpoint)
     _threads(a.threads)
     return cfg
 
@@ -190,7 +191,7 @@ def cmd_weights_fetch(a: argparse.Namespace) -> None:
 
     if a.config:
         cfg = _config(a, tracked=False)
-        wanted = [(cfg.backbone, cfg.pretrained, cfg.checkpoint)]
+        wanted = cfg.weights_wanted()  # every arm's backbone and every zero-shot baseline
     else:
         wanted = [(name, True, None) for name in a.backbone]
     for backbone, pretrained, checkpoint in wanted:
@@ -358,7 +359,9 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         " node, before submitting to compute nodes without internet)",
     )
     which = wf.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", help="a study config: its backbone, pretrained and checkpoint")
+    which.add_argument(
+        "--config", help="a study config: its backbone(s), pretrained, checkpoint and baselines"
+    )
     which.add_argument("--backbone", nargs="+", help="timm names, optionally with a tag (resnet50.a1_in1k)")
     wf.set_defaults(func=cmd_weights_fetch)
 
@@ -366,6 +369,7 @@ def _tool_commands(sub: argparse._SubParsersAction[Parser]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
+    stacks_on_sigusr1(sys.stderr)
     try:
         args.func(args)
     except BrokenPipeError:  # the reader went away (harness schema | head): not an error of ours

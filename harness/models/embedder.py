@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,12 +65,11 @@ def create_trunk(
 
     A random init is drawn from the global RNG, or with ``seed`` from its own generator, so that
     every process builds the same network (a cache computed from it names the seed)."""
-    source = resolve(name, pretrained, checkpoint, fetch=True)
+    source = resolve(name, pretrained, checkpoint, fetch=True, seed=seed)
     if source.kind == "random" and seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build(source)
-        source = replace(source, key=f"random-seed{seed}")
     else:
         model = build(source)
     log.debug("%s: weights %s (%s)", name, source.origin, source.key)

@@ -68,12 +68,37 @@ def weights_params(record: dict | None) -> dict[str, str]:
     return {f"weights.{k}": str(v) for k, v in (record or {}).items()}
 
 
+WEIGHTS_COLUMNS = ("weights", "weights_sha256", "weights_norm")
+
+
+def weights_columns(record: dict | None) -> dict[str, str]:
+    """A weights record as the columns of a result row: origin, SHA-256 and input normalisation."""
+    if not record:
+        return {}
+    mean = ", ".join(f"{v:.3g}" for v in record.get("mean", ()))
+    std = ", ".join(f"{v:.3g}" for v in record.get("std", ()))
+    return {
+        "weights": str(record.get("origin")),
+        "weights_sha256": str(record.get("sha256") or ""),
+        "weights_norm": f"mean ({mean}) std ({std})",
+    }
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256
+
+
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The file's SHA-256, hashed once per process while the file is unchanged (the config check,
+    the data preparation and every arm's record ask for the same weights file)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def split_name(backbone: str) -> tuple[str, str | None]:
@@ -213,10 +238,15 @@ def _download_url(backbone: str, url: str, path: Path) -> None:
 
 
 def resolve(
-    backbone: str, pretrained: bool, checkpoint: str | Path | None = None, fetch: bool = False
+    backbone: str,
+    pretrained: bool,
+    checkpoint: str | Path | None = None,
+    fetch: bool = False,
+    seed: int | None = None,
 ) -> Source:
     """The weights a study uses, without building the model. ``fetch``: download hub weights that are
-    not cached yet (else a missing file is the one-line WeightsError)."""
+    not cached yet (else a missing file is the one-line WeightsError); ``seed``: a random init drawn
+    from that seed (its key names it)."""
     arch, tag = split_name(backbone)
     if checkpoint:
         path = Path(checkpoint)
@@ -232,9 +262,8 @@ def resolve(
         return _package_source(arch)
     if pretrained:
         return _hub_source(backbone, arch, fetch)
-    return Source(
-        backbone, arch, "random", "random init", None, None, "random", **_default_preprocessing(arch)
-    )
+    key = "random" if seed is None else f"random-seed{seed}"
+    return Source(backbone, arch, "random", "random init", None, None, key, **_default_preprocessing(arch))
 
 
 def check(backbone: str, pretrained: bool, checkpoint: str | Path | None = None) -> None:

@@ -34,6 +34,7 @@ from harness.report.tables import (
     manifest_table,
     strategy_table,
     trials_table,
+    weights_table,
     weights_text,
     with_ci,
 )
@@ -159,6 +160,14 @@ def _final_results(page: Page, d: StudyData, prefix: str) -> None:
             "baseline (the pretrained backbone alone, one deterministic run) a bootstrap over test "
             "queries. R@2/4/8, NMI and every interval are in the CSV.",
         )
+        weights = weights_table(d.test) if (d.test["kind"] == "zero-shot").any() else None
+        if weights is not None:
+            page.table(
+                f"{prefix}weights",
+                weights,
+                "The weights behind each row: the study's backbone and each zero-shot backbone (scored"
+                " untrained, with its own input normalisation, at the study's image size).",
+            )
         page.figure(
             f"{prefix}test_r1_ci",
             "Test Recall@1 with 95 % intervals",

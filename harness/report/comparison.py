@@ -20,10 +20,11 @@ from harness.report.tables import (
     manifest_table,
     this_incarnation,
     trials_frame,
+    weights_table,
     with_ci,
 )
 from harness.study.arms import arm_configs
-from harness.study.config import StudyConfig, config_warnings
+from harness.study.config import COMPARE_BACKBONE, StudyConfig, config_warnings
 from harness.study.final import BASELINE
 from harness.study.identity import load_study, read_manifest, study_uid
 
@@ -138,7 +139,10 @@ def _against_baseline(d: ComparisonData, r1: pd.DataFrame) -> str:
     base = d.test[d.test["kind"] == "baseline"].iloc[0] if d.test is not None else None
     if base is None:
         return ""
-    parts = [f" The untrained backbone scores {base['test_recall@1']:.4f}"]
+    if d.cfg.compare == COMPARE_BACKBONE:  # each arm against its own backbone untrained
+        parts = [" Against its own backbone without training"]
+    else:
+        parts = [f" The untrained backbone scores {base['test_recall@1']:.4f}"]
     if above:
         parts.append(f"{_names(above)} {'is' if len(above) == 1 else 'are'} above it")
     if below:
@@ -168,8 +172,9 @@ def _names(items: list[str]) -> str:
 
 
 def arm_table(test: pd.DataFrame) -> pd.DataFrame:
-    """Arm x {R@1, MAP@R, R-Precision} with 95 % intervals, best first; the baseline row first."""
-    base = test[test["kind"] == "baseline"]
+    """Arm x {R@1, MAP@R, R-Precision} with 95 % intervals, best first; the baseline and zero-shot
+    rows first."""
+    base = test[test["kind"].isin(["baseline", "zero-shot"])]
     arms = test[test["kind"] == "arm"].sort_values("test_recall@1", ascending=False)
     ordered = pd.concat([base, arms], ignore_index=True)
     out = pd.DataFrame({"arm": ordered["config"], "seeds": ordered["n_seeds"]})
@@ -271,7 +276,8 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
     )
     page.p(
         f"{html.escape(cfg.description or '')}<br>Dataset <b>{html.escape(cfg.dataset)}</b>, backbone"
-        f" <b>{html.escape(cfg.backbone)}</b> ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px,"
+        f"{'s' if len(cfg.backbones) > 1 else ''} <b>{html.escape(', '.join(cfg.backbones))}</b>"
+        f" ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px,"
         f" {cfg.epochs} epochs. <b>{len(d.arm_names)} arms</b> of"
         f" <code>{html.escape(str(cfg.compare))}</code>,"
         f" each its own study with {cfg.budget.n_trials} trials, the same search space and {folds} on the"
@@ -291,6 +297,14 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
             " search that chose it: another sampler seed can choose another config (docs: Comparing"
             " strategies, 'Is each arm's best stable'). R@2/4/8 and NMI are in the CSV.",
         )
+        weights = weights_table(d.test)
+        if weights is not None:
+            page.table(
+                f"{prefix}weights",
+                weights,
+                "The weights behind every row: each arm's backbone as it was trained from, and each"
+                " untrained (zero-shot) backbone, with its input normalisation.",
+            )
         page.figure(
             f"{prefix}arms-r1",
             "Test Recall@1 per arm",

@@ -316,3 +316,20 @@ def weights_text(cfg: StudyConfig) -> str:
         f" ({mean}), std ({std}), {html.escape(str(w.get('interpolation')))}, crop {w.get('crop_pct')},"
         f" native input {w.get('input_size')} px (the study crops {cfg.image_size} px)."
     )
+
+
+def weights_table(test: pd.DataFrame) -> pd.DataFrame | None:
+    """Each row's backbone and the weights it loaded (origin, SHA-256, input normalisation): the
+    arms of a comparison of backbones and every zero-shot row (None: results without the record)."""
+    if "weights" not in test or test["weights"].isna().all():
+        return None
+    rows = test.drop_duplicates(["backbone", "weights"]) if "backbone" in test else test
+    return pd.DataFrame(
+        {
+            "row": rows["config"],
+            "backbone": rows.get("backbone", ""),
+            "weights": rows["weights"].fillna("–"),
+            "sha256": [str(v)[:12] if isinstance(v, str) and v else "–" for v in rows["weights_sha256"]],
+            "normalisation": rows["weights_norm"].fillna("–"),
+        }
+    )

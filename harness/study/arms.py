@@ -1,4 +1,5 @@
-"""Arms: a fair comparison of the values of one hyperparameter (``compare: mining``).
+"""Arms: a fair comparison of the values of one hyperparameter (``compare: mining``), or of
+backbones (``compare: backbone`` with ``backbone: [a, b, ...]``).
 
 Tuning one joint study over "mining" lets the sampler spend its trials where things looked good
 early: strategies end up with different budgets, and the one that got 2 trials is compared with
@@ -23,7 +24,7 @@ import hashlib
 from dataclasses import replace
 
 from harness.errors import ConfigError
-from harness.study.config import StudyConfig, build
+from harness.study.config import COMPARE_BACKBONE, StudyConfig, arm_values, build
 
 
 def arm_seed(seed: int, arm: str) -> int:
@@ -35,13 +36,16 @@ def arm_config(cfg: StudyConfig, arm: str) -> StudyConfig:
     """The study of one arm: ``compare`` fixed to that value, everything else the comparison's."""
     if cfg.compare is None:
         raise ConfigError(f"study {cfg.name!r} compares nothing (no compare: key); it has no arms")
-    values = {str(v): v for v in cfg.search_space.values(cfg.compare)}
+    values = arm_values(cfg.raw)
     if arm not in values:
         raise ConfigError(f"study {cfg.name!r} has no arm {arm!r}; its arms: {', '.join(values)}")
     raw = copy.deepcopy(cfg.raw)
     raw["name"] = f"{cfg.name}.{arm}"
     raw["compare"] = None
-    raw["search_space"][cfg.compare] = values[arm]
+    if cfg.compare == COMPARE_BACKBONE:
+        raw["backbone"] = values[arm]
+    else:
+        raw["search_space"][cfg.compare] = values[arm]
     raw["sampler"]["seed"] = arm_seed(cfg.sampler.seed, arm)
     # an arm's evaluation re-trains its best validation config with every seed (no references:
     # every other value of compare is an arm of its own; the baseline is the comparison's)

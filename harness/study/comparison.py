@@ -1,6 +1,7 @@
 """A comparison's evaluation (``compare:``): every arm's best validation config, re-trained with the
 same seeds on all training classes and scored once on the test classes, against each other, against
-the no-training baseline, and the best online arm against the best offline one.
+the no-training baseline (with ``compare: backbone``: each arm against its own backbone untrained),
+and the best online arm against the best offline one.
 
 Each arm chooses its config on validation classes only (its best complete trial); the test classes
 are read here for the first time. Results under ``results/{study}/``:
@@ -30,7 +31,7 @@ from harness.errors import HarnessError
 from harness.evaluation.stats import holm
 from harness.params import is_offline
 from harness.study.arms import arm_config, arm_configs
-from harness.study.config import StudyConfig
+from harness.study.config import COMPARE_BACKBONE, StudyConfig
 from harness.study.final import (
     BASELINE,
     COMPARED,
@@ -41,7 +42,9 @@ from harness.study.final import (
     plan,
     run_units,
     summary_row,
+    weights_of,
     write_csv,
+    zero_shot_label,
 )
 from harness.study.identity import load_study, study_uid
 from harness.study.sampler import draws
@@ -66,9 +69,11 @@ def evaluate_comparison(cfg: StudyConfig) -> pd.DataFrame:
     load_study(cfg)  # first: the comparison's record accepts this config and has every arm
     check_comparable(cfg)
     ev = Evaluator(cfg)
-    baseline = run_units(cfg, ["baseline"], ev)["baseline"]
-    by_seed: dict[str, list[dict]] = {BASELINE: [baseline[0]]}
-    queries: dict[str, list[dict]] = {BASELINE: [baseline[1]]}
+    untrained = {u.key: u for u in plan(cfg, ev.study)}  # the baseline, then each zero-shot backbone
+    done = run_units(cfg, list(untrained), ev)
+    by_seed: dict[str, list[dict]] = {u.label: [done[k][0]] for k, u in untrained.items()}
+    queries: dict[str, list[dict]] = {u.label: [done[k][1]] for k, u in untrained.items()}
+    kinds = {u.label: (u.kind, u.backbone or cfg.backbone) for u in untrained.values()}
     chosen: dict[str, Unit] = {}
     for a in arm_configs(cfg):
         arm_ev = Evaluator(a)
@@ -77,7 +82,7 @@ def evaluate_comparison(cfg: StudyConfig) -> pd.DataFrame:
         by_seed[str(a.arm)] = [results[u.key][0] | {"arm": a.arm, "arm_uid": arm_ev.uid} for u in units]
         queries[str(a.arm)] = [results[u.key][1] for u in units]
         chosen[str(a.arm)] = units[0]
-    summary = _summary(cfg, chosen, by_seed, queries)
+    summary = _summary(cfg, chosen, by_seed, queries, kinds)
     comparisons = _comparisons(cfg, chosen, by_seed, queries)
     uid = ev.uid
     runs = [row for rows in by_seed.values() for row in rows]
@@ -91,12 +96,23 @@ def evaluate_comparison(cfg: StudyConfig) -> pd.DataFrame:
 
 
 def _summary(
-    cfg: StudyConfig, chosen: dict[str, Unit], by_seed: dict[str, list[dict]], queries: dict[str, list[dict]]
+    cfg: StudyConfig,
+    chosen: dict[str, Unit],
+    by_seed: dict[str, list[dict]],
+    queries: dict[str, list[dict]],
+    untrained: dict[str, tuple[str, str]],
 ) -> pd.DataFrame:
-    rows = [summary_row(BASELINE, "baseline", by_seed[BASELINE], queries[BASELINE], cfg) | {"epochs": 0}]
+    """The baseline and zero-shot rows (``untrained``: label -> kind, backbone), then one per arm."""
+    rows = [
+        summary_row(label, kind, by_seed[label], queries[label], cfg)
+        | {"backbone": backbone, "epochs": 0}
+        | weights_of(by_seed[label])
+        for label, (kind, backbone) in untrained.items()
+    ]
     for arm, u in chosen.items():
         row = summary_row(arm, "arm", by_seed[arm], queries[arm], cfg)
-        row |= {"arm": arm, "arm_uid": by_seed[arm][0]["arm_uid"]}
+        row |= {"arm": arm, "arm_uid": by_seed[arm][0]["arm_uid"], "backbone": arm_config(cfg, arm).backbone}
+        row |= weights_of(by_seed[arm])
         row |= {"family": "offline" if is_offline(arm) else "online"}
         row |= {"trial": u.trial, "draw": u.draw, "val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:
@@ -112,7 +128,7 @@ def _comparisons(
     arm against the baseline; the best online arm (by validation R@1) against the best offline."""
     families: list[tuple[str, list[tuple[str, str]]]] = [
         ("pair", list(combinations(chosen, 2))),
-        ("vs baseline", [(a, BASELINE) for a in chosen]),
+        ("vs baseline", [(a, _untrained_of(cfg, a)) for a in chosen]),
     ]
     if cfg.compare == "mining":
         online = [a for a in chosen if not is_offline(a)]
@@ -131,6 +147,11 @@ def _comparisons(
                 r["p_holm"] = float(adjusted)
         rows += part
     return pd.DataFrame(rows)
+
+
+def _untrained_of(cfg: StudyConfig, arm: str) -> str:
+    """What an arm is tested against: the baseline; with compare: backbone, its own backbone untrained."""
+    return zero_shot_label(cfg, arm) if cfg.compare == COMPARE_BACKBONE else BASELINE
 
 
 def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -182,9 +182,9 @@ class SearchSpace:
 
 MANIFEST = "split_manifest.json"
 TRACKING_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql", "http://", "https://")
-ARM_NAME = re.compile(
-    r"[A-Za-z0-9_.-]+"
-)  # a study's split manifest, in its folder (and as an MLflow artifact)
+ARM_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # an arm's name: a folder and a study name
+# compare: backbone makes each backbone of a list an arm (every other compare: a search-space key)
+COMPARE_BACKBONE = "backbone"
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,8 @@ class StudyConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     checkpoint: str | None = None
+    # backbones scored on the test classes without any training, beside the study's own (zero-shot rows)
+    baselines: list[str] = field(default_factory=list)
     trunk: str = "frozen"
     partial: Partial = field(default_factory=Partial)
     # the training step (harness.training.step): false = eager, true = one compiled graph + fused
@@ -261,9 +263,20 @@ class StudyConfig:
     @property
     def arms(self) -> list[str]:
         """The arms of a comparison (``compare``'s choices, as names), else none."""
-        if self.compare is None:
-            return []
-        return [str(v) for v in self.search_space.values(self.compare)]
+        return list(arm_values(self.raw))
+
+    @property
+    def backbones(self) -> list[str]:
+        """The backbones the study trains: its own, or (``compare: backbone``) one per arm."""
+        listed = self.raw.get("backbone")
+        return [str(b) for b in listed] if isinstance(listed, list) else [self.backbone]
+
+    def weights_wanted(self) -> list[tuple[str, bool, str | None]]:
+        """(backbone, pretrained, checkpoint) of every model the study loads: what it trains (every
+        arm's) and its zero-shot baselines (pretrained weights, always)."""
+        out = [(b, self.pretrained, self.checkpoint) for b in self.backbones]
+        out += [(b, True, None) for b in self.baselines if (b, True, None) not in out]
+        return list(dict.fromkeys(out))
 
     @property
     def cache_dir(self) -> Path:
@@ -314,6 +327,8 @@ def _defaults() -> dict[str, Any]:
             out[f.name] = asdict(SECTIONS[f.name]())
         elif f.name == "search_space":
             out[f.name] = {}
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
         else:
             out[f.name] = f.default
     return out
@@ -322,9 +337,25 @@ def _defaults() -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = _defaults()
 
 
+def arm_values(raw: dict) -> dict[str, Any]:
+    """A comparison's arms, by name, with the value each fixes (empty: not a comparison), from a
+    config dict: this one, or the one a stored comparison was created with."""
+    compare = raw.get("compare")
+    if not compare:
+        return {}
+    if compare == COMPARE_BACKBONE:
+        listed = raw.get("backbone")
+        return {str(b): b for b in listed} if isinstance(listed, list) else {}
+    spec = (raw.get("search_space") or {}).get(compare)
+    return {} if spec is None else {str(v): v for v in to_spec(spec).values()}
+
+
 def build(raw: dict, user: dict, source: str) -> StudyConfig:
-    """The typed config of a validated ``raw`` dict (defaults filled in)."""
+    """The typed config of a validated ``raw`` dict (defaults filled in; a comparison of backbones
+    is typed by its first, its whole list staying in ``raw``)."""
     kw: dict[str, Any] = {k: v for k, v in raw.items() if k not in SECTIONS and k != "search_space"}
+    if isinstance(kw["backbone"], list):
+        kw["backbone"] = str(kw["backbone"][0])
     kw |= {k: cls(**raw[k]) for k, cls in SECTIONS.items()}
     space = {k: to_spec(v) for k, v in raw["search_space"].items()}
     kw["search_space"] = SearchSpace(space, raw["trunk"])
@@ -483,18 +514,40 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
 
 
 def _check_compare(cfg: StudyConfig, source: str) -> None:
+    listed = cfg.raw.get("backbone")
+    if isinstance(listed, list) and cfg.compare != COMPARE_BACKBONE:
+        raise ConfigError(
+            f"{source}: backbone is a list ({', '.join(map(str, listed))}), which only compare: backbone"
+            " takes (each backbone an arm); name one backbone, or add compare: backbone"
+        )
     if cfg.compare is None:
         return
-    spec = cfg.search_space.specs.get(cfg.compare)
-    if cfg.compare not in TABLE or not isinstance(spec, Choices) or len(spec.options) < 2:
-        raise ConfigError(
-            f"{source}: compare: {cfg.compare} must be a hyperparameter the search space gives as"
-            f" {{choices: [...]}} with at least two values: each becomes an arm"
-        )
+    if cfg.compare == COMPARE_BACKBONE:
+        if not isinstance(listed, list) or len(set(listed)) < 2:
+            raise ConfigError(
+                f"{source}: compare: backbone needs backbone: [a list of at least two timm names], one"
+                " arm each (e.g. backbone: [efficientnet_lite0, efficientnet_lite2])"
+            )
+        if cfg.checkpoint is not None:
+            raise ConfigError(
+                f"{source}: checkpoint: {cfg.checkpoint} fits one architecture, and compare: backbone"
+                " trains several; drop checkpoint, or compare one backbone's mining instead"
+            )
+    else:
+        _check_compared_key(cfg, source)
     bad = [a for a in cfg.arms if not ARM_NAME.fullmatch(a)]
     if bad or len(set(cfg.arms)) != len(cfg.arms):
         raise ConfigError(
             f"{source}: compare: the arms {cfg.arms} must be distinct names of letters, digits, . _ -"
+        )
+
+
+def _check_compared_key(cfg: StudyConfig, source: str) -> None:
+    spec = cfg.search_space.specs.get(str(cfg.compare))
+    if cfg.compare not in TABLE or not isinstance(spec, Choices) or len(spec.options) < 2:
+        raise ConfigError(
+            f"{source}: compare: {cfg.compare} must be a hyperparameter the search space gives as"
+            f" {{choices: [...]}} with at least two values: each becomes an arm"
         )
 
 

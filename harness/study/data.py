@@ -20,7 +20,9 @@ from harness.data.digests import content
 from harness.data.splits import make_split, write_manifest
 from harness.errors import DataError
 from harness.models import create_trunk
+from harness.models.weights import resolve
 from harness.params import TrialParams
+from harness.study.arms import arm_configs
 from harness.study.config import StudyConfig, check_split, config_warnings
 from harness.study.guard import refuse_changed, store_content, store_weights
 from harness.study.trunks import Prepared, TrunkPool, get_trunk
@@ -87,6 +89,7 @@ def prepare(
     mode.check(trunk)  # against the built backbone, before anything is written
     weights = info.source.record() if info.source is not None else None
     refuse_changed(cfg, weights=weights)  # the search's weights, not a file updated under its tag
+    arms = arm_weights(cfg)  # a comparison's: each arm's, refused alike (compare: backbone: its own)
     if info.source is not None and info.source.sha256:
         log.info("%s: weights %s (sha256 %s)", cfg.backbone, info.source.origin, info.source.sha256[:12])
     # the copy's bytes: they name every cache (a changed image never reuses one), and a study whose
@@ -99,11 +102,26 @@ def prepare(
         store_content(cfg, held)
         if weights is not None:
             store_weights(cfg, weights)
+        for arm, record in arms:
+            store_weights(arm, record)
         for w in config_warnings(cfg, split.manifest):
             log.warning("study %s: %s", cfg.name, w)
     images_u8 = load_image_cache(images, held.key, cfg.cache_px, cfg.cache_dir)
     inputs = mode.prepare(images, held.key, images_u8, trunk, info, device)
     return Prepared(cfg, mode, images, split, images_u8, info, inputs, held)
+
+
+def arm_weights(cfg: StudyConfig) -> list[tuple[StudyConfig, dict]]:
+    """A comparison's arms with the weights record of each one's backbone (fetched when the hub is
+    on), each refused when its arm was searched with other weights; none for any other study."""
+    if cfg.compare is None or cfg.parent is not None:
+        return []
+    out = []
+    for arm in arm_configs(cfg):
+        record = resolve(arm.backbone, arm.pretrained, arm.checkpoint, fetch=True, seed=arm.seed).record()
+        refuse_changed(arm, weights=record)
+        out.append((arm, record))
+    return out
 
 
 def hpo_sources(

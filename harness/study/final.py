@@ -49,7 +49,9 @@ from harness.data.splits import check_manifest
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.evaluation.stats import Interval, bootstrap_interval, paired_bootstrap, paired_t, t_interval
+from harness.models import create_trunk, embed_images
 from harness.models.export import export_model
+from harness.models.weights import WEIGHTS_COLUMNS, weights_columns, weights_params
 from harness.params import TrialParams, defaults
 from harness.progress import Progress, duration
 from harness.study.config import StudyConfig
@@ -89,10 +91,11 @@ class Unit:
     params: TrialParams | None  # None: the baseline
     epochs: int
     seed: int
+    backbone: str | None = None  # a zero-shot row's backbone (None: the study's own)
 
     def identity(self, uid: str, split: str) -> dict[str, Any]:
         """What a stored result must match to be reused."""
-        return {
+        out = {
             "uid": uid,
             "split": split,
             "label": self.label,
@@ -100,13 +103,34 @@ class Unit:
             "epochs": self.epochs,
             "seed": self.seed,
         }
+        return out if self.backbone is None else out | {"backbone": self.backbone}
+
+
+ZERO_SHOT = "zero-"  # a zero-shot unit's key: zero-<backbone>
+
+
+def zero_shot_label(cfg: StudyConfig, backbone: str) -> str:
+    """The row of ``backbone`` scored without training: the study's own is its baseline."""
+    return BASELINE if backbone == cfg.backbone else f"{backbone} (no training)"
+
+
+def zero_shot_backbones(cfg: StudyConfig) -> list[str]:
+    """Backbones scored without training beside the study's own baseline: every other arm's of a
+    comparison of backbones, then ``baselines``."""
+    listed = [*cfg.backbones, *cfg.baselines] if cfg.compare is not None else list(cfg.baselines)
+    return [b for b in dict.fromkeys(listed) if b != cfg.backbone]
+
+
+def baseline_units(cfg: StudyConfig) -> list[str]:
+    """The runs that train nothing: the baseline and each zero-shot backbone (none in an arm)."""
+    return [] if cfg.parent else ["baseline", *(ZERO_SHOT + b for b in zero_shot_backbones(cfg))]
 
 
 def evaluation_units(cfg: StudyConfig) -> list[str]:
     """Every run of a study's final evaluation, from its config alone: ``baseline``, then per seed
     ``top{rank}-s{seed}`` and ``ref-{mining}-s{seed}``. A rank beyond the distinct complete trials
     is skipped when the evaluation runs."""
-    keys = [] if cfg.parent else ["baseline"]
+    keys = baseline_units(cfg)
     if cfg.compare is not None:
         return keys
     minings = cfg.search_space.values("mining")
@@ -178,6 +202,9 @@ def plan(cfg: StudyConfig, study: optuna.Study) -> list[Unit]:
     """The units in the order of the tables: baseline, top configs by rank, references. A comparison
     plans only the baseline (its arms plan the rest); an arm plans no baseline (its comparison's)."""
     units = [] if cfg.parent else [Unit("baseline", BASELINE, "baseline", 0, -1, -1, math.nan, None, 0, -1)]
+    for key in baseline_units(cfg)[1:]:
+        b = key.removeprefix(ZERO_SHOT)
+        units.append(Unit(key, zero_shot_label(cfg, b), "zero-shot", 0, -1, -1, math.nan, None, 0, -1, b))
     if cfg.compare is not None:
         return units
     top, draw = top_trials(cfg, study), draws(study)
@@ -276,7 +303,9 @@ class Evaluator:
             "trial": unit.trial,
             "draw": unit.draw,
         }
-        if unit.params is None:
+        if unit.backbone is not None:
+            params, name, tags = self._zero_shot(unit.backbone, row, q)
+        elif unit.params is None:
             params, name, tags = self._baseline(row, q)
         else:
             params, name, tags = self._train_and_score(unit, unit.params, row, q)
@@ -297,9 +326,25 @@ class Evaluator:
         emb = prep.mode.baseline(prep, test, self.device)
         m = retrieval_metrics(emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q)
         row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0}
-        row |= {f"test_{k}": v for k, v in m.items()}
+        row |= {f"test_{k}": v for k, v in m.items()} | self._weights()
         params = {"backbone": self.cfg.backbone, "distance": "cosine"}
         return params, "test-baseline", {"harness.kind_of_config": "baseline"}
+
+    def _zero_shot(self, backbone: str, row: dict, q: dict) -> tuple[dict, str, dict[str, str]]:
+        """Another backbone's pretrained features, untrained, on the same test images at the study's
+        image size and cache (its own normalisation), cosine kNN."""
+        t0 = time.perf_counter()
+        prep, test = self.prep, self.prep.split.test
+        pretrained = self.cfg.pretrained if backbone in self.cfg.backbones else True  # an arm's: as trained
+        trunk, info = create_trunk(backbone, pretrained, seed=self.cfg.seed)
+        trunk = trunk.to(self.device)
+        emb, ips = embed_images(trunk, prep.images_u8[test], info, self.cfg.image_size, self.device)
+        m = retrieval_metrics(emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q)
+        record = info.source.record() if info.source is not None else {}
+        row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0, "eval_img_per_s": ips}
+        row |= {f"test_{k}": v for k, v in m.items()} | weights_columns(record)
+        params = {"backbone": backbone, "distance": "cosine"} | weights_params(record)
+        return params, f"test-zero-shot-{backbone}", {"harness.kind_of_config": "zero-shot"}
 
     def _train_and_score(
         self, unit: Unit, p: TrialParams, row: dict, q: dict
@@ -330,7 +375,7 @@ class Evaluator:
             "train_img_per_s": history[-1]["train_img_per_s"],
             "images_processed": history[-1]["images_processed"],
         }
-        row |= {f"test_{k}": v for k, v in m.items()}
+        row |= {f"test_{k}": v for k, v in m.items()} | self._weights()
         params = asdict(p) | {"epochs": unit.epochs, "seed": unit.seed}
         tags = {
             "harness.rank": str(unit.rank),
@@ -339,6 +384,10 @@ class Evaluator:
             "harness.seed": str(unit.seed),
         }
         return params, f"test-{unit.label.replace(' ', '-')}-seed{unit.seed}", tags
+
+    def _weights(self) -> dict[str, str]:
+        source = self.prep.trunk_info.source
+        return weights_columns(source.record() if source is not None else None)
 
     def embeddings_path(self, unit: Unit) -> Path:
         """The unit's test embeddings, beside its run file: ``embeddings/run-<id>.npz``."""
@@ -523,6 +572,11 @@ def summary_row(label: str, kind: str, runs: list[dict], queries: list[dict], cf
     return row
 
 
+def weights_of(runs: list[dict]) -> dict[str, str]:
+    """The weights columns of a config's runs (results stored before they were recorded: none)."""
+    return {k: runs[0][k] for k in WEIGHTS_COLUMNS if k in runs[0]}
+
+
 def compare_configs(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConfig) -> list[dict]:
     out = []
     n_boot = cfg.evaluate.bootstrap
@@ -576,6 +630,7 @@ def gather(
     summary = []
     for label, u in first.items():
         row = summary_row(label, u.kind, by_seed[label], queries[label], cfg)
+        row |= {"backbone": u.backbone or cfg.backbone} | weights_of(by_seed[label])
         row |= {"rank": u.rank, "trial": u.trial, "draw": u.draw}
         row |= {"val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:

@@ -18,7 +18,7 @@ from harness.data.digests import Content
 from harness.errors import ConfigError, HarnessError
 from harness.progress import duration
 from harness.study.arms import arm_at
-from harness.study.config import StudyConfig, protocol_changes, to_spec
+from harness.study.config import StudyConfig, arm_values, protocol_changes
 from harness.study.storage import open_storage
 
 
@@ -45,8 +45,7 @@ def created_arms(study: optuna.Study) -> list[str] | None:
     stored = study.user_attrs.get("config")
     if not isinstance(stored, dict) or not stored.get("compare"):
         return None
-    spec = (stored.get("search_space") or {}).get(stored["compare"])
-    return None if spec is None else [str(v) for v in to_spec(spec).values()]
+    return list(arm_values(stored)) or None
 
 
 def recorded_arms(cfg: StudyConfig, study: optuna.Study) -> dict[str, str | None]:
@@ -257,11 +256,12 @@ def data_changed_error(cfg: StudyConfig, content: Content, searched: str) -> Har
     )
 
 
-WEIGHTS = "weights.json"  # beside the split manifest: the backbone weights the study uses (Source.record)
+WEIGHTS = "weights.json"  # in the study's folder: the backbone weights it uses (Source.record)
 
 
 def weights_path(cfg: StudyConfig) -> Path:
-    return cfg.manifest_path.with_name(WEIGHTS)
+    """results/{study}/weights.json; an arm's in its own folder (arms of compare: backbone differ)."""
+    return cfg.study_dir / WEIGHTS
 
 
 def stored_weights(cfg: StudyConfig) -> dict | None:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from harness.study.comparison import evaluate_arm, evaluate_comparison
 from harness.study.config import StudyConfig
-from harness.study.final import evaluate_shard, evaluate_study, run_units
+from harness.study.final import baseline_units, evaluate_shard, evaluate_study, run_units
 from harness.study.identity import checked_members, settle_parent
 from harness.study.worker import run_worker_group
 
@@ -44,5 +44,6 @@ def evaluate(cfg: StudyConfig, shard: int | None = None, arm: str | None = None)
 
 
 def evaluate_baseline(cfg: StudyConfig) -> None:
-    """The backbone without triplet training on the test classes (one job; the gather reuses it)."""
-    run_units(cfg, ["baseline"])
+    """The backbone without triplet training on the test classes, and every zero-shot backbone (one
+    job; the gather reuses them)."""
+    run_units(cfg, baseline_units(cfg))

@@ -21,7 +21,8 @@ def _load_studies(config):
         refuse_changed(cfg)
         refuse_lost_arms(cfg)  # an arm whose study is gone: its old outputs would say nothing is to do
         check_reachable(cfg.tracking_uri)  # before the data is prepared, not after
-        check_weights(cfg.backbone, cfg.pretrained, cfg.checkpoint)  # offline and not cached: one line
+        for wanted in cfg.weights_wanted():  # every arm's and baseline's: offline and not cached, one line
+            check_weights(*wanted)
     return {cfg.name: cfg for cfg in cfgs}
 
 
