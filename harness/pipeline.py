@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import io
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +62,14 @@ def route_optuna_logging() -> None:
     optuna.logging.enable_propagation()
 
 
+def stacks_on_sigusr1(file: TextIO) -> None:
+    """``kill -USR1 PID`` writes every thread's Python stack to ``file`` (a job's log, or the CLI's
+    stderr), and the process goes on: what a hung worker or evaluation is waiting for, without
+    stopping it. A stream without a file descriptor (a test's captured stderr) is left alone."""
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation, OSError, RuntimeError):
+        faulthandler.register(signal.SIGUSR1, file=file, all_threads=True)
+
+
 def rule_logging(log_path: str, threads: int | None = None) -> None:
     """For a Snakemake script: everything it prints or logs goes to the rule's log file; progress
     lines (counts and ETA), warnings and errors also go to the console Snakemake shows."""
@@ -65,6 +77,7 @@ def rule_logging(log_path: str, threads: int | None = None) -> None:
     handle = open(log_path, "a", buffering=1)
     sys.stderr = sys.stdout = handle
     setup_logging(handle)
+    stacks_on_sigusr1(handle)
     job = Path(log_path).with_suffix("").as_posix().removeprefix("logs/")
     shown = logging.StreamHandler(console)
     shown.setFormatter(logging.Formatter(f"%(asctime)s [{job}] %(message)s", "%H:%M:%S"))

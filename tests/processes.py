@@ -70,17 +70,66 @@ def patience(seconds: float) -> float:
 def run_group(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     """``subprocess.run`` in a session of its own, whose whole process group is killed when it times
     out or the test fails meanwhile, and after it ends: snakemake's jobs (and a worker group's
-    processes) die with it, instead of running on re-parented to init."""
+    processes) die with it, instead of running on re-parented to init. Past ``timeout`` it fails
+    with what a hang leaves to read (``hang_report``) instead of a bare ``TimeoutExpired``."""
     kw = {"capture_output": True, "text": True} | kw
     proc = subprocess.Popen(cmd, start_new_session=True, **_popen_kw(kw))
+    hung = ""
     try:
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            hung = hang_report(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.wait()
+    if hung:
+        logs = _log_tails(Path(kw.get("cwd") or "."))
+        raise AssertionError(
+            f"{' '.join(cmd[:6])} ... ran past {timeout:.0f} s\n{hung}\n--- stderr (tail)\n"
+            f"{(err or '')[-6000:]}\n--- stdout (tail)\n{(out or '')[-2000:]}\n{logs}"
+        )
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def hang_report(pgid: int) -> str:
+    """What each live member of a process group is doing: its command line, state and kernel wait
+    channel; each one that handles SIGUSR1 (every harness process: ``harness.pipeline``) is sent it
+    and writes its threads' Python stacks into its log or stderr, read after the group is killed."""
+    lines = ["--- process group members (pid state wchan: command)"]
+    for pid in group_members(pgid):
+        proc = Path(f"/proc/{pid}")
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = (proc / "wchan").read_text() if (proc / "wchan").exists() else "?"
+            caught = int(
+                next(
+                    x for x in (proc / "status").read_text().splitlines() if x.startswith("SigCgt:")
+                ).split()[1],
+                16,
+            )
+        except (OSError, StopIteration, ValueError):
+            continue
+        lines.append(f"{pid} {state} {wchan or '-'}: {command[:300]}")
+        if caught >> (signal.SIGUSR1 - 1) & 1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+    time.sleep(3)  # the stacks are written by each process's own C handler: at once, but not now
+    return "\n".join(lines)
+
+
+def _log_tails(root: Path, chars: int = 3000) -> str:
+    """The tail of every rule log (``logs/``) and result log under ``root``."""
+    parts = []
+    for path in sorted([*root.glob("logs/**/*.log"), *root.glob("results/**/*.log")]):
+        with contextlib.suppress(OSError):
+            parts.append(f"--- {path.relative_to(root)} (tail)\n{path.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts)
 
 
 def kill_group(pgid: int, timeout: float = 60) -> None:

@@ -45,3 +45,28 @@ def test_progress_of_runs_of_minutes_is_time_per_run() -> None:
     p.start -= 150  # one run took two and a half minutes
     p.done = 1
     assert "2.5 min per run" in p.line() and "runs/s" not in p.line()
+
+
+def test_a_hung_job_fails_its_test_with_the_jobs_python_stack(tmp_path: Path) -> None:
+    """A rule script's process answers ``kill -USR1`` with its threads' stacks in its log and goes on;
+    a test's ``run_group`` past its limit fails naming the group's members and those stacks."""
+    import sys
+
+    from processes import patience, run_group
+
+    (tmp_path / "logs").mkdir()
+    script = tmp_path / "hung_rule.py"
+    script.write_text(
+        "import time\n"
+        "from harness.pipeline import rule_logging\n"
+        "rule_logging('logs/hung_rule.log')\n"
+        "def waiting_for_a_lock_nobody_releases():\n"
+        "    time.sleep(600)\n"
+        "waiting_for_a_lock_nobody_releases()\n"
+    )
+    with pytest.raises(AssertionError) as e:
+        run_group([sys.executable, str(script)], timeout=patience(20), cwd=tmp_path)
+    said = str(e.value)
+    assert "ran past" in said and f"{script}" in said  # the member, by its command line
+    assert "--- logs/hung_rule.log" in said
+    assert 'File "' in said and "in waiting_for_a_lock_nobody_releases" in said
