@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-partial compare cluster-smoke test test-slow lint docs dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial compare compare-backbones cluster-smoke test test-slow lint docs dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo-partial: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare.yaml
 	@echo "report: results/report/cub-compare+cars-compare/index.html"
+
+## make compare-backbones: the same protocol with EfficientNet-Lite0/1/2 as the arms (offline weights)
+compare-backbones: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare-backbones.yaml
+	@echo "report: results/report/cub-backbones+cars-backbones/index.html"
 
 ## make cluster-smoke [PROFILE=workflow/profiles/slurm]: a 3-trial study on generated data through a
 ## cluster profile, in minutes: is the profile right for this cluster?
