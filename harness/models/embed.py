@@ -2,7 +2,8 @@
 
 The images are prepared as the study prepared its test images (``preprocessing.json``): decoded to
 RGB, shorter side resized to ``cache_size`` (bicubic) and centre-cropped square, then centre-cropped
-to ``image_size``; the model (TorchScript) does the normalisation itself.
+to ``image_size``; the model does the normalisation itself. The ``torch.export`` program
+(``model.pt2``) is used where the export has one, else TorchScript (exports of older versions).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +20,30 @@ import torch
 from harness.data.images import decode
 from harness.data.transforms import center_crop
 from harness.errors import DataError
-from harness.models.export import PREPROCESSING, TORCHSCRIPT
+from harness.models.export import PREPROCESSING, PROGRAM, TORCHSCRIPT
 from harness.progress import Progress
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def load_exported(folder: Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """The TorchScript model and its preprocessing; a folder that is not an export is one line."""
+def load_exported(folder: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """The exported model and its preprocessing; a folder that is not an export is one line."""
     folder = Path(folder)
-    meta_path, model_path = folder / PREPROCESSING, folder / TORCHSCRIPT
-    if not meta_path.is_file() or not model_path.is_file():
+    meta_path = folder / PREPROCESSING
+    model_path = next((folder / f for f in (PROGRAM, TORCHSCRIPT) if (folder / f).is_file()), None)
+    if not meta_path.is_file() or model_path is None:
         raise DataError(
-            f"{folder} is not an exported model (it needs {PREPROCESSING} and {TORCHSCRIPT}); point --model"
-            " at a folder under results/<study>/evaluation/models/"
+            f"{folder} is not an exported model (it needs {PREPROCESSING} and {PROGRAM} or {TORCHSCRIPT});"
+            " point --model at a folder under results/<study>/evaluation/models/"
         )
     try:
         meta = json.loads(meta_path.read_text())
+        if model_path.name == PROGRAM:
+            return torch.export.load(str(model_path)).module(), meta  # exported in eval mode
         with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(model_path), map_location="cpu")
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         raise DataError(f"{folder}: cannot load the exported model ({e}); export it again") from None
     return model.eval(), meta
 

@@ -1,11 +1,21 @@
-"""The trained embedding model out: TorchScript and ONNX files a user can load without the harness.
+"""The trained embedding model out: files a user loads without the harness.
 
 The exported module takes what any image loader gives, an RGB float batch ``[B, 3, S, S]`` in
 ``[0, 1]``, and returns L2-normalised embeddings ``[B, D]``: the weights' normalisation is inside it,
 so the only preprocessing left is the resize and centre crop that ``preprocessing.json`` beside it
-describes. Each file is checked against the eager model on a batch: the largest absolute difference
-must stay within ``TOLERANCE`` of the embeddings' scale (unit vectors: 1e-4). A format that fails
-(an operator ONNX lacks, a trace that does not reproduce the model) is reported and the others are
+describes. Three formats, each with a dynamic batch size:
+
+- ``model.onnx`` (opset ``OPSET``): for onnxruntime and every ONNX tool; written by torch's
+  ``torch.export``-based exporter, or, for a model it cannot trace, by the older TorchScript-based
+  one while the installed torch still has it (``preprocessing.json`` says which);
+- ``model.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), the format
+  PyTorch now recommends;
+- ``model.torchscript.pt``: TorchScript, for LibTorch (C++) and older tools; PyTorch 2.14 deprecates
+  TorchScript, so its ``torch.jit.load`` warns.
+
+Each file is checked against the eager model on two batches: the largest absolute difference must
+stay within ``TOLERANCE`` of the embeddings' scale (unit vectors: 1e-4). A format that fails (an
+operator ONNX lacks, a trace that does not reproduce the model) is reported and the others are
 still written.
 """
 
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +37,8 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 TOLERANCE = 1e-4
-TORCHSCRIPT, ONNX, PREPROCESSING = "model.torchscript.pt", "model.onnx", "preprocessing.json"
+TORCHSCRIPT, ONNX, PROGRAM = "model.torchscript.pt", "model.onnx", "model.pt2"
+PREPROCESSING = "preprocessing.json"
 
 
 class ImageEmbedder(nn.Module):
@@ -53,6 +65,7 @@ class Exported:
     files: dict[str, Path] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    written_by: dict[str, str] = field(default_factory=dict)  # the exporter of each file
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
@@ -63,41 +76,84 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
     return diff
 
 
-def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Callable[[torch.Tensor], Any]:
-    with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated (torch.export is next)
+Run = Callable[[torch.Tensor], Any]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the dynamo exporter colours its messages
+
+
+def _reason(e: BaseException) -> str:
+    lines = ANSI.sub("", str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the format is still asked for
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
-    return lambda x: loaded(x)
+    return (lambda x: loaded(x)), "torch.jit.trace"
 
 
-def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Callable[[torch.Tensor], Any]:
+def _program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """The module as one ``torch.export`` graph with a dynamic batch dimension."""
+    return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+
+
+def _pt2(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
+    torch.export.save(_program(module, example), str(path))
+    loaded = torch.export.load(str(path)).module()
+    return (lambda x: loaded(x)), "torch.export"
+
+
+def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
     import onnxruntime
 
-    with warnings.catch_warnings():  # torch's notice that this (TorchScript-based) exporter will go
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _onnx_export(module, example, path)
+    exporter = _onnx_export(module, example, path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    return (lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])), exporter
 
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=["embeddings"],
-        opset_version=OPSET,
-        dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-        dynamo=False,
-    )
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """torch's ``torch.export``-based exporter; where it cannot trace the model, the TorchScript-based
+    one (deprecated, kept while torch has it), and both reasons when neither can."""
+    try:
+        torch.onnx.export(
+            _program(module, example),
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            input_names=["images"],
+            output_names=["embeddings"],
+            opset_version=OPSET,
+        )
+        return "torch.onnx.export(dynamo=True)"
+    except Exception as e:  # noqa: BLE001 (an untraceable model: the older exporter may still manage)
+        first = _reason(e)
+    path.unlink(missing_ok=True)
+    try:
+        with warnings.catch_warnings():  # its notice that it will go: it is the fallback here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                dynamo=False,
+                input_names=["images"],
+                output_names=["embeddings"],
+                opset_version=OPSET,
+            )
+    except Exception as e:  # neither: both reasons, on the one line the report shows
+        raise RuntimeError(f"{_reason(e)} (and the torch.export-based exporter: {first})") from e
+    return f"torch.onnx.export(dynamo=False), as the torch.export-based exporter failed: {first}"
 
 
-FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path], Callable[[torch.Tensor], Any]]]] = {
-    "torchscript": (TORCHSCRIPT, _torchscript),
+FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path], tuple[Run, str]]]] = {
     "onnx": (ONNX, _onnx),
+    "export": (PROGRAM, _pt2),
+    "torchscript": (TORCHSCRIPT, _torchscript),
 }
 
 
@@ -123,14 +179,16 @@ def export_model(
         filename, write = FORMATS[name]
         path = folder / filename
         try:
-            run = write(module, example, path)
-            other = example.flip(0)  # another batch order: the file must not have baked in the example
+            run, out.written_by[name] = write(module, example, path)
+            # another batch order and size: the file must not have baked in the example
+            other = example.flip(0)[: max(1, len(example) - 1)]
             out.max_abs_diff[name] = max(
-                _check(name, run(example), want), _check(name, run(other), want.flip(0))
+                _check(name, run(example), want), _check(name, run(other), want.flip(0)[: len(other)])
             )
             out.files[name] = path
         except Exception as e:  # an operator the format lacks, a failed trace, a missing runtime
             path.unlink(missing_ok=True)
+            out.written_by.pop(name, None)
             out.failed[name] = (
                 f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             )
@@ -142,6 +200,7 @@ def export_model(
         "image_size": image_size,
         **{k: preprocessing[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in preprocessing},
         "onnx_opset": OPSET,
+        "written_by": out.written_by,
         "files": {k: v.name for k, v in out.files.items()},
         "max_abs_diff_vs_eager": out.max_abs_diff,
         "tolerance": TOLERANCE,

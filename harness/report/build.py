@@ -32,6 +32,7 @@ from harness.report.tables import (
     final_table,
     load_data,
     manifest_table,
+    model_out_text,
     strategy_table,
     trials_table,
     weights_table,
@@ -160,6 +161,9 @@ def _final_results(page: Page, d: StudyData, prefix: str) -> None:
             "baseline (the pretrained backbone alone, one deterministic run) a bootstrap over test "
             "queries. R@2/4/8, NMI and every interval are in the CSV.",
         )
+        out = model_out_text(d.test, page.out_dir, d.cfg.tracking_uri)
+        if out:
+            page.p(out)
         weights = weights_table(d.test) if (d.test["kind"] == "zero-shot").any() else None
         if weights is not None:
             page.table(

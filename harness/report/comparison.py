@@ -18,6 +18,7 @@ from harness.report.tables import (
     curves_frame,
     final_table,
     manifest_table,
+    model_out_text,
     this_incarnation,
     trials_frame,
     weights_table,
@@ -297,6 +298,9 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
             " search that chose it: another sampler seed can choose another config (docs: Comparing"
             " strategies, 'Is each arm's best stable'). R@2/4/8 and NMI are in the CSV.",
         )
+        out = model_out_text(d.test, page.out_dir, d.cfg.tracking_uri)
+        if out:
+            page.p(out)
         weights = weights_table(d.test)
         if weights is not None:
             page.table(

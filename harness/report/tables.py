@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,7 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, redact_url
 from harness.params import TABLE, HyperParam, is_offline
 from harness.study.config import StudyConfig, config_warnings
 from harness.study.guard import stored_weights
@@ -332,4 +333,36 @@ def weights_table(test: pd.DataFrame) -> pd.DataFrame | None:
             "sha256": [str(v)[:12] if isinstance(v, str) and v else "–" for v in rows["weights_sha256"]],
             "normalisation": rows["weights_norm"].fillna("–"),
         }
+    )
+
+
+def model_out_text(test: pd.DataFrame, page_dir: Path, tracking_uri: str) -> str:
+    """Where the trained model went: each registered model (the best config's first seed; one per
+    arm in a comparison), its MLflow URI and version, and its exported files, linked from the page."""
+    if "registered_model" not in test:
+        return ""
+    rows = test[test["registered_model"].notna()]
+    if rows.empty:
+        return ""
+    items = []
+    for _, r in rows.iterrows():
+        folder = Path(str(r.get("model_dir", "")))
+        where = ""
+        if folder.name:
+            link = html.escape(os.path.relpath(folder, page_dir))
+            files = "ONNX, torch.export, TorchScript, preprocessing.json"
+            where = f'; files ({files}): <a href="{link}">{html.escape(folder.name)}/</a>'
+        version = r.get("model_version")
+        items.append(
+            f"<code>{html.escape(str(r['registered_model']))}</code> (version {html.escape(str(version))};"
+            f" {html.escape(str(r['config']))}, seed {int(r['model_seed'])}){where}"
+        )
+    return (
+        "<b>The model out.</b> Registered in MLflow ("
+        + html.escape(redact_url(tracking_uri))
+        + "): "
+        + "; ".join(items)
+        + ". Load it with <code>mlflow.pyfunc.load_model(URI)</code> (images [B, 3, S, S] in [0, 1]"
+        " &rarr; L2-normalised embeddings), or browse it under Models in the MLflow UI. Every final"
+        " run's test embeddings are in <code>evaluation/embeddings/</code>."
     )

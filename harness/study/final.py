@@ -46,11 +46,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.data.splits import check_manifest
+from harness.data.transforms import center_crop
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation import retrieval_metrics
 from harness.evaluation.stats import Interval, bootstrap_interval, paired_bootstrap, paired_t, t_interval
 from harness.models import create_trunk, embed_images
-from harness.models.export import export_model
+from harness.models.export import ONNX, export_model
 from harness.models.weights import WEIGHTS_COLUMNS, weights_columns, weights_params
 from harness.params import TrialParams, defaults
 from harness.progress import Progress, duration
@@ -107,6 +108,11 @@ class Unit:
 
 
 ZERO_SHOT = "zero-"  # a zero-shot unit's key: zero-<backbone>
+
+
+def registers(cfg: StudyConfig, unit: Unit) -> bool:
+    """The run whose model goes into MLflow's registry: the best validation config, first seed."""
+    return unit.kind == "top" and unit.rank == 1 and unit.seed == cfg.evaluate.seed_list[0]
 
 
 def zero_shot_label(cfg: StudyConfig, backbone: str) -> str:
@@ -315,9 +321,32 @@ class Evaluator:
         self.tracker.log_metrics(
             run, {k: float(v) for k, v in row.items() if k.startswith("test_") or k == "train_s"}
         )
+        if row.get("model_dir") and registers(self.cfg, unit):
+            row |= self._register(unit, run, Path(row["model_dir"]))
         self.tracker.end(run, "COMPLETE")
         self._store(unit, row, q)
         return row, q
+
+    def _register(self, unit: Unit, run: str, folder: Path) -> dict[str, str]:
+        """The best config's model (its first seed's run) into MLflow's registry, ``<study>-best``
+        with its alias; a few of the study's own test images are its input example."""
+        from mlflow.exceptions import MlflowException
+
+        from harness.tracking.models import log_model, registered_name
+
+        if not (folder / ONNX).is_file():
+            log.warning("%s: no ONNX file was written, so no model is registered in MLflow", folder)
+            return {}
+        x = torch.from_numpy(np.asarray(self.prep.images_u8[self.prep.split.test[:2]]))
+        example = center_crop(x.permute(0, 3, 1, 2).float() / 255.0, self.cfg.image_size).numpy()
+        try:
+            got = log_model(
+                self.tracker, run, folder, example, registered_name(self.cfg.name), f"{self.uid}/{unit.key}"
+            )
+        except (MlflowException, OSError) as e:  # the store has no registry, a full disk: the files stay
+            log.warning("the model in %s was not registered in MLflow (%s); its files are there", folder, e)
+            return {}
+        return {"registered_model": got.uri, "model_version": got.version}
 
     def _baseline(self, row: dict, q: dict) -> tuple[dict, str, dict[str, str]]:
         """The backbone without triplet training: its own features, cosine kNN (the bar to beat)."""
@@ -365,7 +394,7 @@ class Evaluator:
         if self.cfg.evaluate.export == "all" or (
             self.cfg.evaluate.export == "best" and unit.kind == "top" and unit.rank == 1
         ):
-            self._export(unit, p, model)
+            row["model_dir"] = str(self._export(unit, p, model))
         row |= {
             "seed": unit.seed,
             "val_recall@1": unit.val_r1,
@@ -410,7 +439,7 @@ class Evaluator:
                 seed=np.array(unit.seed),
             )
 
-    def _export(self, unit: Unit, p: TrialParams, trained: torch.nn.Module) -> None:
+    def _export(self, unit: Unit, p: TrialParams, trained: torch.nn.Module) -> Path:
         """The run's whole model (images -> embeddings) as TorchScript and ONNX, with its
         preprocessing, in ``evaluation/models/<run>/``."""
         prep = self.prep
@@ -440,6 +469,7 @@ class Evaluator:
             },
         )
         log.info("%s, seed %d: model written to %s (%s)", unit.label, unit.seed, folder, ", ".join(out.files))
+        return folder
 
     def _store(self, unit: Unit, row: dict, q: dict[str, np.ndarray]) -> None:
         """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""
@@ -577,6 +607,15 @@ def weights_of(runs: list[dict]) -> dict[str, str]:
     return {k: runs[0][k] for k in WEIGHTS_COLUMNS if k in runs[0]}
 
 
+def model_of(runs: list[dict]) -> dict[str, Any]:
+    """The registered model among a config's runs (its first seed's), for its summary row."""
+    run = next((r for r in runs if r.get("registered_model")), None)
+    if run is None:
+        return {}
+    keys = ("registered_model", "model_version", "model_dir")
+    return {k: run.get(k) for k in keys} | {"model_seed": run["seed"]}
+
+
 def compare_configs(best: str, other: str, by_seed: dict, queries: dict, cfg: StudyConfig) -> list[dict]:
     out = []
     n_boot = cfg.evaluate.bootstrap
@@ -630,7 +669,9 @@ def gather(
     summary = []
     for label, u in first.items():
         row = summary_row(label, u.kind, by_seed[label], queries[label], cfg)
-        row |= {"backbone": u.backbone or cfg.backbone} | weights_of(by_seed[label])
+        row |= (
+            {"backbone": u.backbone or cfg.backbone} | weights_of(by_seed[label]) | model_of(by_seed[label])
+        )
         row |= {"rank": u.rank, "trial": u.trial, "draw": u.draw}
         row |= {"val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:

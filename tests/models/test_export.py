@@ -13,7 +13,7 @@ import torch
 
 from harness.models import EmbeddingHead, create_trunk
 from harness.models.embedder import Embedder
-from harness.models.export import ONNX, PREPROCESSING, TOLERANCE, TORCHSCRIPT, export_model
+from harness.models.export import ONNX, PREPROCESSING, PROGRAM, TOLERANCE, TORCHSCRIPT, export_model
 
 PREP = {
     "mean": (0.485, 0.456, 0.406),
@@ -29,31 +29,37 @@ def _model() -> torch.nn.Module:
     return Embedder(trunk, EmbeddingHead(info.num_features, 16)).eval()
 
 
-def test_torchscript_and_onnx_equal_the_eager_model(tmp_path: Path) -> None:
+def test_onnx_torch_export_and_torchscript_equal_the_eager_model(tmp_path: Path) -> None:
     import onnxruntime
 
     model = _model()
     out = export_model(model, tmp_path / "export", 32, PREP | {"backbone": "test_efficientnet"})
-    assert not out.failed and set(out.files) == {"torchscript", "onnx"}
+    assert not out.failed and set(out.files) == {"torchscript", "onnx", "export"}
     assert all(d <= TOLERANCE for d in out.max_abs_diff.values()), out.max_abs_diff
     meta = json.loads((tmp_path / "export" / PREPROCESSING).read_text())
     assert meta["mean"] == list(PREP["mean"]) and meta["image_size"] == 32 and meta["onnx_opset"] == 18
     assert meta["backbone"] == "test_efficientnet" and meta["files"] == {
         "torchscript": TORCHSCRIPT,
         "onnx": ONNX,
+        "export": PROGRAM,
     }
+    assert meta["written_by"]["onnx"] == "torch.onnx.export(dynamo=True)"  # not the deprecated exporter
+    assert not list((tmp_path / "export").glob("*.data"))  # one self-contained ONNX file
     # loaded on their own, on a batch of another size than the export's example
     images = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     mean, std = torch.tensor(PREP["mean"]).view(1, 3, 1, 1), torch.tensor(PREP["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         want = model((images - mean) / std)
-        script = torch.jit.load(str(tmp_path / "export" / TORCHSCRIPT))(images)
+        with pytest.warns(FutureWarning):  # torch 2.14 deprecates TorchScript: the file still loads
+            script = torch.jit.load(str(tmp_path / "export" / TORCHSCRIPT))(images)
+        program = torch.export.load(str(tmp_path / "export" / PROGRAM)).module()(images)
     session = onnxruntime.InferenceSession(
         str(tmp_path / "export" / ONNX), providers=["CPUExecutionProvider"]
     )
     (onnx_out,) = session.run(None, {"images": images.numpy()})
     assert want.shape == (7, 16)
     assert float((script - want).abs().max()) <= TOLERANCE
+    assert float((program - want).abs().max()) <= TOLERANCE
     assert float(np.abs(onnx_out - want.numpy()).max()) <= TOLERANCE
     assert np.allclose(np.linalg.norm(onnx_out, axis=1), 1.0, atol=1e-5)
 
@@ -63,16 +69,17 @@ class _Eigen(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.mean(dim=(2, 3))
-        return torch.nn.functional.normalize(x + torch.linalg.eigh(x.T @ x).eigenvalues[:1], dim=1)
+        outer = x[:, :, None] * x[:, None, :]  # per image: the batch's rows stay independent
+        return torch.nn.functional.normalize(x + torch.linalg.eigh(outer).eigenvalues[:, -1:], dim=1)
 
 
 def test_an_operator_onnx_lacks_is_named_and_the_rest_is_written(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = export_model(_Eigen(), tmp_path, 8, PREP)
-    assert set(out.files) == {"torchscript"} and (tmp_path / TORCHSCRIPT).is_file()
+    assert set(out.files) == {"torchscript", "export"} and (tmp_path / TORCHSCRIPT).is_file()
     assert not (tmp_path / ONNX).exists()
-    assert "linalg_eigh" in out.failed["onnx"]
+    assert "linalg_eigh" in out.failed["onnx"] and "torch.export-based exporter" in out.failed["onnx"]
     assert json.loads((tmp_path / PREPROCESSING).read_text())["failed"] == out.failed
     assert "export to onnx failed" in caplog.text
 
@@ -123,6 +130,10 @@ def test_harness_embed_a_folder_with_an_exported_model(
         want = model((center_crop(x, 32) - mean) / std)
     assert got["embeddings"].shape == (9, 16)
     assert float(np.abs(got["embeddings"] - want.numpy()).max()) <= TOLERANCE
+    # an export without the torch.export program (an older version's) embeds through TorchScript
+    (tmp_path / "export" / PROGRAM).unlink()
+    assert embed(tmp_path / "export", images, tmp_path / "old.npz") == 0
+    assert float(np.abs(np.load(tmp_path / "old.npz")["embeddings"] - want.numpy()).max()) <= TOLERANCE
     capsys.readouterr()
     assert embed(tmp_path, images, out) == 2
     assert "is not an exported model" in one_error_line(2, capsys.readouterr().err)

@@ -3,6 +3,7 @@ two evaluations at once run each unit once."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,30 @@ def test_saved_test_embeddings_re_scored_by_pml_agree(cub: Path, tmp_path: Path)
     assert [m.name for m in models] == [f.stem for f in saved]
     for folder in models:
         meta = json.loads((folder / "preprocessing.json").read_text())
-        assert meta["files"] == {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}, meta["failed"]
+        want = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "export": "model.pt2"}
+        assert meta["files"] == want, meta["failed"]
         assert max(meta["max_abs_diff_vs_eager"].values()) <= meta["tolerance"]
         assert meta["config"].startswith("trial ") and meta["image_size"] == 32 and meta["trunk"] == "frozen"
+    # the best config's first seed is registered in MLflow (the SQLite store) as <study>-best@champion
+    import mlflow
+    import pandas as pd
+
+    test = pd.read_csv(tmp_path / "results" / NAME / "test.csv")
+    registered = test.dropna(subset=["registered_model"])
+    assert list(registered["registered_model"]) == [f"models:/{NAME}-best@champion"]
+    assert list(registered["model_seed"]) == [0] and list(registered["rank"]) == [1]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(f"{NAME}-best", "champion")
+    assert version.tags["harness.seed"] == "0"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["harness.phase"] == "test" and run.data.tags["harness.seed"] == "0"
+    # a second evaluate reuses every stored run and registers nothing new
+    assert main(["evaluate", "--config", str(path)]) == 0
+    assert len(client.search_model_versions(f"name = '{NAME}-best'")) == 1
+    # the report names the registered model and links its files
+    assert main(["report", "--config", str(path)]) == 0
+    page = tmp_path / "results" / NAME / "report" / "index.html"
+    text = page.read_text()
+    assert f"models:/{NAME}-best@champion" in text and "mlflow.pyfunc.load_model" in text
+    (href,) = re.findall(r'href="([^"]*evaluation/models/run-[^"]*)"', text)
+    assert (page.parent / href / "model.onnx").is_file()
