@@ -88,6 +88,8 @@ def _reason(e: BaseException) -> str:
 def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
     with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the format is still asked for
         warnings.simplefilter("ignore", FutureWarning)
+        # a shape read as a constant (a transformer's token grid): the file is checked on two batches
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))

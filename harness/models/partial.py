@@ -11,10 +11,17 @@ and MobileNet: 7 ``blocks``; ConvNeXt: 4 ``stages``); when it is a top-level mod
 ``s4``), the stages are the top-level modules of that name with another number (ResNet
 ``layer1..4``, RegNet ``s1..4``). The stem is every top-level module registered before the stages.
 The top is the model itself with its stem and lower stages replaced by identities, so timm's own
-``forward_features`` and ``forward_head`` run the neck and the pooling. ``check_cuts`` proves the
-cut on the model: the bottom followed by the top must give the model's own output; a family whose
-``forward_features`` does more than run its children in order (a ViT adds position embeddings)
-fails that check, and can be described by one ``LAYOUTS`` entry.
+``forward_features`` and ``forward_head`` run the neck and the pooling.
+
+A vision transformer (timm's ``VisionTransformer``: ViT, DeiT, DINO, DINOv2) is cut between its
+blocks: the bottom is its token embedding (patches, class and register tokens, position
+embeddings: timm's ``_pos_embed``) and its first blocks, and caches the tokens; the top runs the
+last ``train_blocks`` blocks, the final norm and timm's head (pooling of the class token or the
+mean, ``fc_norm``). ``train_blocks: 0`` trains only the final norm.
+
+``check_cuts`` proves the cut on the model: the bottom followed by the top must give the model's own
+output; a family whose ``forward_features`` does more than that fails the check, and can be
+described by one ``LAYOUTS`` entry.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +43,15 @@ class Layout:
 
     stem: tuple[str, ...]
     stages: tuple[str, ...]
+    tokens: bool = False  # a transformer: the stem is its token embedding, the stages its blocks
+
+
+def is_token_model(model: nn.Module) -> bool:
+    """timm's VisionTransformer family: patches to tokens (``patch_embed``), then ``_pos_embed``."""
+    return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"))
+
+
+TOKEN_PARAMS = ("pos_embed", "cls_token", "reg_token")  # the embedding's own tensors: the bottom's
 
 
 # Families timm's metadata does not describe well enough, by class name: one line each.
@@ -60,8 +77,19 @@ def layout(model: nn.Module) -> Layout:
     else:
         pattern = re.compile(re.sub(r"\d+$", "", last) + r"\d+")
         stages = tuple(n for n in children if pattern.fullmatch(n))
+        if not stages:
+            raise ConfigError(
+                f"trunk: partial: {name}'s last feature module {last!r} is not one of numbered stages;"
+                " describe the model in harness.models.partial.LAYOUTS, or use trunk: finetune"
+            )
         first = stages[0]
-    return Layout(stem=tuple(children[: children.index(first)]), stages=stages)
+    return Layout(stem=tuple(children[: children.index(first)]), stages=stages, tokens=is_token_model(model))
+
+
+def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A transformer's forward up to its first block: patches, class/register tokens, positions."""
+    m: Any = model
+    return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -79,8 +107,11 @@ class Bottom(nn.Module):
 
     def forward(self, x: torch.Tensor, cuts: list[int]) -> dict[int, torch.Tensor]:
         """{train_blocks: activations before the last train_blocks stages} for each of ``cuts``."""
-        for name in self.layout.stem:
-            x = self.model.get_submodule(name)(x)
+        if self.layout.tokens:
+            x = embed_tokens(self.model, x)
+        else:
+            for name in self.layout.stem:
+                x = self.model.get_submodule(name)(x)
         n = len(self.layout.stages)
         need = {n - k for k in cuts}  # the number of stages run before each cut
         out: dict[int, torch.Tensor] = {}
@@ -111,17 +142,22 @@ class Top(nn.Module):
     def __init__(self, model: nn.Module, train_blocks: int) -> None:
         super().__init__()
         lay = layout(model)
+        self.tokens = lay.tokens
         self.model = copy.deepcopy(model)
         for name in (*lay.stem, *lay.stages[: len(lay.stages) - train_blocks]):
             _set(self.model, name, nn.Identity())
+        for name in TOKEN_PARAMS if lay.tokens else ():  # used by the bottom only: not trained here
+            if isinstance(getattr(self.model, name, None), nn.Parameter):
+                setattr(self.model, name, None)
         if not any(p.numel() for p in self.parameters()):
             raise ConfigError(
                 f"train_blocks {train_blocks} leaves nothing to train in {type(model).__name__}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        return m.forward_head(m.forward_features(x), pre_logits=True).flatten(1)  # type: ignore[operator]
+        m: Any = self.model
+        features = m.norm(m.blocks(x)) if self.tokens else m.forward_features(x)  # tokens: no re-embedding
+        return m.forward_head(features, pre_logits=True).flatten(1)
 
 
 def allowed_blocks(model: nn.Module) -> range:
@@ -158,7 +194,7 @@ def check_cuts(model: nn.Module, values: list[int], backbone: str, size: int = 6
             for k in values:
                 if not torch.allclose(Top(model, k).eval()(parts[k]), whole, rtol=1e-4, atol=1e-5):
                     raise ConfigError(f"{cannot} (train_blocks {k} gives other features)")
-    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
+    except (RuntimeError, ValueError, TypeError, AttributeError, AssertionError) as e:
         raise ConfigError(f"{cannot} ({type(e).__name__}: {e})") from None
     finally:
         model.train(was)

@@ -302,18 +302,32 @@ def _default_preprocessing(arch: str) -> dict[str, Any]:
     return _preprocessing(cfg)
 
 
+# timm modules whose models take ``dynamic_img_size``: a transformer built for 224 or 518 px then runs
+# at the study's image_size (its position embeddings resampled), in every trunk mode
+ANY_SIZE_MODULES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.eva")
+
+
+def size_kwargs(architecture: str) -> dict[str, Any]:
+    import timm
+
+    module = timm.models.model_entrypoint(architecture).__module__
+    return {"dynamic_img_size": True} if module in ANY_SIZE_MODULES else {}
+
+
 def build(source: Source, num_classes: int = 0) -> Any:
     """The timm model with ``source``'s weights loaded (classifier dropped with ``num_classes=0``);
     a file of another architecture, a corrupt file or missing keys: one DataError naming the file."""
     import timm
 
+    kw = size_kwargs(source.architecture)
+
     if source.kind == "package":
-        model = timm.create_model(source.architecture, pretrained=False)
+        model = timm.create_model(source.architecture, pretrained=False, **kw)
         load_package(model, str(source.file))
         model.reset_classifier(num_classes)  # type: ignore[operator]
         return model
     if source.kind == "checkpoint":
-        model = timm.create_model(source.architecture, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(source.architecture, pretrained=False, num_classes=num_classes, **kw)
         load_checkpoint(model, Path(str(source.file)))
         return model
     if source.kind in ("hub", "url"):
@@ -324,13 +338,14 @@ def build(source: Source, num_classes: int = 0) -> Any:
                 pretrained=True,
                 num_classes=num_classes,
                 pretrained_cfg_overlay={"file": source.file},
+                **kw,
             )
         except Exception as e:  # safetensors' SafetensorError, torch's RuntimeError/UnpicklingError, ...
             raise DataError(
                 f"weights file {source.file} does not load into {source.backbone!r}"
                 f" ({type(e).__name__}: {_first_line(e)}); delete it and run `{FETCH}` again"
             ) from None
-    return timm.create_model(source.architecture, pretrained=False, num_classes=num_classes)
+    return timm.create_model(source.architecture, pretrained=False, num_classes=num_classes, **kw)
 
 
 def _first_line(e: BaseException) -> str:

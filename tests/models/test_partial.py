@@ -36,6 +36,43 @@ def test_top_of_the_cut_equals_the_whole_trunk(name: str) -> None:
         torch.testing.assert_close(Top(model, k).eval()(acts[k]), whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["test_vit", "test_vit2", "test_vit3"])
+def test_a_vision_transformer_is_cut_between_blocks_after_its_token_embedding(name: str) -> None:
+    """ViT (class token), with a register token and mean pooling, and with attention pooling: the
+    bottom caches the tokens after block n - k (patches, class/register tokens and positions added),
+    the top runs the last k blocks, the norm and the head; every cut gives the model's own features,
+    at a size other than the model's native 160 px. The top holds no embedding tensor to train."""
+    from harness.models.partial import check_cuts
+    from harness.models.weights import size_kwargs
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=0, **size_kwargs(name)).eval()
+    cuts = list(allowed_blocks(model))
+    assert cuts == list(range(len(model.blocks) + 1))  # 0: only the final norm (and pooling) trains
+    check_cuts(model, cuts, name)
+    x = torch.randn(2, 3, 64, 64)
+    whole = model(x)
+    acts = Bottom(model).eval()(x, cuts)
+    tokens = (64 // 16) ** 2 + model.num_prefix_tokens
+    for k in cuts:
+        assert acts[k].shape == (2, tokens, model.embed_dim)
+        top = Top(model, k).eval()
+        torch.testing.assert_close(top(acts[k]), whole, rtol=0, atol=1e-5)
+        trained = {n.split(".")[1] for n, _ in top.named_parameters()}
+        assert not trained & {"pos_embed", "cls_token", "reg_token", "patch_embed"}
+        assert sum(1 for n in trained if n == "blocks") == (1 if k else 0)
+        assert {n for n, _ in top.named_parameters() if n.startswith("model.blocks.")} == {
+            n
+            for n, _ in model.named_parameters(prefix="model")
+            if n.startswith("model.blocks.") and int(n.split(".")[2]) >= len(model.blocks) - k
+        }
+    # the cut is proved, not assumed: a transformer whose blocks take more than the tokens (relative
+    # positions) fails the proof in one line
+    relpos = timm.create_model("test_vit_relpos", num_classes=0).eval()
+    with pytest.raises(ConfigError, match="cannot cut test_vit_relpos"):
+        check_cuts(relpos, [1], "test_vit_relpos", size=160)
+
+
 INFO = TrunkInfo("test_efficientnet", "random", 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
@@ -196,7 +233,8 @@ def test_a_view_is_drawn_per_image_and_evaluation_takes_the_centre() -> None:
             {"backbone": "resnet18", "search_space": {"train_blocks": {"choices": [0, 1]}}},
             ["train_blocks: 0", "1..4"],
         ),
-        ({"backbone": "test_vit"}, ["trunk: partial cannot cut test_vit", "LAYOUTS"]),
+        ({"backbone": "test_coatnet"}, ["trunk: partial cannot cut test_coatnet", "LAYOUTS"]),
+        ({"backbone": "test_byobnet"}, ["is not one of numbered stages", "LAYOUTS"]),
     ],
 )
 def test_partial_errors_name_the_allowed_range(over: dict, words: list[str]) -> None:
@@ -289,3 +327,29 @@ def test_train_blocks_beyond_the_trunks_stages_fail_before_anything_is_written(t
     path.write_text(yaml.safe_dump(raw))
     assert main(["study", "run", "--config", str(path)]) == 2
     assert not (tmp_path / "results" / NAME / "split_manifest.json").exists()
+
+
+def test_a_partial_vit_study_trains_its_last_blocks_and_exports(tmp_path: Path) -> None:
+    """trunk: partial on timm's test_vit at 32 px (its native size is 160): the tokens after the cut
+    are cached, the trials train the blocks above it, and the final model exports whole."""
+    import json
+
+    import pandas as pd
+
+    root = make_cub(tmp_path / "data", per_class=4, noise=60.0)
+    raw = tiny_config(root, tmp_path / "results", n_trials=2)
+    raw |= {"trunk": "partial", "backbone": "test_vit", "partial": {"views": 1, "seed": 0}, "epochs": 1}
+    raw |= {"evaluate": {"top_n": 1, "seeds": 1, "references": False}}
+    raw["search_space"] = raw["search_space"] | {"train_blocks": {"choices": [0, 2]}, "mining": "semihard"}
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    for argv in (["study", "run"], ["evaluate"]):
+        assert main([*argv, "--config", str(path)]) == 0, argv
+    cache = sorted((tmp_path / "results" / "cache" / "activations").glob("*-centre.npy"))
+    assert len(cache) == 2
+    assert {np.load(c, mmap_mode="r").shape[1:] for c in cache} == {(2 * 2 + 1, 64)}  # tokens x dim
+    test = pd.read_csv(tmp_path / "results" / NAME / "test.csv")
+    assert list(test["kind"]) == ["baseline", "top"] and test["test_recall@1"].between(0, 1).all()
+    (folder,) = (tmp_path / "results" / NAME / "evaluation" / "models").iterdir()
+    meta = json.loads((folder / "preprocessing.json").read_text())
+    assert not meta["failed"] and set(meta["files"]) == {"onnx", "export", "torchscript"}

@@ -129,9 +129,10 @@ class PartialTrunk(TrunkMode):
 
     def model(self, prep: Prepared, params: TrialParams, device: torch.device, pool: TrunkPool) -> nn.Module:
         """The trainable top, copied from the worker's (pretrained) trunk; channels_last is 1.7x faster
-        on CPU too (measured)."""
-        top = Top(pool.get(), params.train_blocks).to(device).to(memory_format=torch.channels_last)
-        return Embedder(top, self.head(prep, params, device), layout=torch.channels_last)
+        on CPU too (measured) for a convolutional top; a transformer's cached tokens are 3-d."""
+        top = Top(pool.get(), params.train_blocks).to(device)
+        layout = torch.contiguous_format if top.tokens else torch.channels_last
+        return Embedder(top.to(memory_format=layout), self.head(prep, params, device), layout=layout)
 
     def image_model(
         self, prep: Prepared, trained: nn.Module, params: TrialParams, device: torch.device, pool: TrunkPool
