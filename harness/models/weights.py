@@ -209,11 +209,37 @@ def _hub_source(backbone: str, arch: str, fetch: bool) -> Source:
     )
 
 
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub's endpoint cannot be reached, in a few seconds (huggingface_hub itself retries for
+    most of a minute before it gives up), or None. Behind a proxy the direct probe says nothing: the
+    download itself is tried."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in PROXIES):
+        return None
+    url = urlsplit(str(constants.ENDPOINT))
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"the hub ({url.scheme}://{host}:{port}) cannot be reached ({e.strerror or type(e).__name__})"
+    return None
+
+
 def _download_hub(backbone: str, cfg: Any) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     repo, revision, files = _hub_repo(cfg)
+    why = None if hub_offline() else hub_unreachable()
+    if why is not None:  # no internet on this node: say so now, not after the client's retries
+        raise _missing(backbone, hub_cache(), f"{why}; set HF_HUB_OFFLINE=1 on nodes without internet")
     for name in files:
         try:
             return Path(hf_hub_download(repo, name, revision=revision))

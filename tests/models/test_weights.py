@@ -111,6 +111,22 @@ def test_weights_neither_cached_nor_reachable_stop_before_any_work(cub: Path, tm
     assert not (tmp_path / "results").exists()
 
 
+def test_an_unreachable_hub_is_said_at_once_not_after_the_clients_retries(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE unset on a node without internet: the endpoint is probed (a closed local port
+    here) and the one line says so and names HF_HUB_OFFLINE=1, instead of huggingface_hub's retries."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in offline(tmp_path / "empty").items() if "proxy" not in k.lower()}
+    env |= {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    done = run([*HARNESS, "weights", "fetch", "--backbone", HUB_NAME], env)
+    line = one_error_line(done.returncode, done.stderr)
+    assert f"the hub (http://127.0.0.1:{port}) cannot be reached" in line, line
+    assert "set HF_HUB_OFFLINE=1 on nodes without internet" in line and "harness weights fetch" in line
+
+
 @pytest.mark.parametrize(
     ("what", "expect"),
     [("corrupt", "does not load into"), ("another architecture", "does not load into")],
