@@ -39,6 +39,7 @@ from harness.study.final import (
     Unit,
     compare_configs,
     evaluation_units,
+    model_of,
     plan,
     run_units,
     summary_row,
@@ -112,7 +113,7 @@ def _summary(
     for arm, u in chosen.items():
         row = summary_row(arm, "arm", by_seed[arm], queries[arm], cfg)
         row |= {"arm": arm, "arm_uid": by_seed[arm][0]["arm_uid"], "backbone": arm_config(cfg, arm).backbone}
-        row |= weights_of(by_seed[arm])
+        row |= weights_of(by_seed[arm]) | model_of(by_seed[arm])
         row |= {"family": "offline" if is_offline(arm) else "online"}
         row |= {"trial": u.trial, "draw": u.draw, "val_recall@1": u.val_r1, "epochs": u.epochs}
         if u.params is not None:

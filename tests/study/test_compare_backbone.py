@@ -102,6 +102,17 @@ def test_each_arm_is_tested_against_its_own_backbone_untrained(ran: Ran) -> None
     assert set(pairs["config"]) | set(pairs["versus"]) == set(BACKBONES)
 
 
+def test_each_arms_best_model_is_registered_and_linked(ran: Ran) -> None:
+    test = pd.read_csv(ran.dir / "test.csv")
+    arms = test[test["kind"] == "arm"]
+    want = [f"models:/{NAME}.{b}-best@champion" for b in BACKBONES]
+    assert list(arms["registered_model"]) == want
+    page = (ran.dir / "report" / "index.html").read_text()
+    assert all(uri in page for uri in want)
+    for folder in arms["model_dir"]:
+        assert (Path(folder) / "model.onnx").is_file()
+
+
 def test_the_comparison_page_names_each_arms_weights(ran: Ran) -> None:
     page = (ran.dir / "report" / "index.html").read_text()
     for b in [*BACKBONES, LITE]:
