@@ -74,9 +74,10 @@ def retried(study: optuna.Study) -> list[int]:
 
 def table_of(results: Path, name: str) -> pd.DataFrame:
     """test.csv without what names the incarnation and the storage's numbering: the study's (and
-    arms') uid, and the trial number (a retry takes a new one, and shifts every later trial's); the
-    draw index that names each config stays in."""
-    table = pd.read_csv(results / name / "test.csv")
+    arms') uid, the trial number (a retry takes a new one, and shifts every later trial's) and the
+    exported model's folder (named by the run, under this study's results); the draw index that
+    names each config, and the registered model's name and version, stay in."""
+    table = pd.read_csv(results / name / "test.csv").drop(columns=["model_dir"])
     assert table.loc[table["kind"] != "baseline", "draw"].notna().all()
     if "rank" in table:  # a study: its configs are named "trial <n>"
         return table.drop(columns=["study_uid", "trial", "config"])
