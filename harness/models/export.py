@@ -21,6 +21,7 @@ still written.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -32,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from harness.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,14 @@ Run = Callable[[torch.Tensor], Any]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the dynamo exporter colours its messages
 
 
-def _reason(e: BaseException) -> str:
-    lines = ANSI.sub("", str(e)).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+Program = Callable[[], torch.export.ExportedProgram]  # the module's torch.export graph, traced once
 
 
-def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
+def _reason(e: BaseException, limit: int = 200) -> str:
+    return f"{type(e).__name__}: {ANSI.sub('', first_line(e))[:limit]}"
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path, program: Program) -> tuple[Run, str]:
     with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the format is still asked for
         warnings.simplefilter("ignore", FutureWarning)
         # a shape read as a constant (a transformer's token grid): the file is checked on two batches
@@ -101,26 +106,26 @@ def _program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedP
     return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
 
 
-def _pt2(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
-    torch.export.save(_program(module, example), str(path))
+def _pt2(module: nn.Module, example: torch.Tensor, path: Path, program: Program) -> tuple[Run, str]:
+    torch.export.save(program(), str(path))
     loaded = torch.export.load(str(path)).module()
     return (lambda x: loaded(x)), "torch.export"
 
 
-def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Run, str]:
+def _onnx(module: nn.Module, example: torch.Tensor, path: Path, program: Program) -> tuple[Run, str]:
     import onnxruntime
 
-    exporter = _onnx_export(module, example, path)
+    exporter = _onnx_export(module, example, path, program)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return (lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])), exporter
 
 
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> str:
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, program: Program) -> str:
     """torch's ``torch.export``-based exporter; where it cannot trace the model, the TorchScript-based
     one (deprecated, kept while torch has it), and both reasons when neither can."""
     try:
         torch.onnx.export(
-            _program(module, example),
+            program(),
             (example,),
             str(path),
             dynamo=True,
@@ -152,7 +157,7 @@ def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path) -> str:
     return f"torch.onnx.export(dynamo=False), as the torch.export-based exporter failed: {first}"
 
 
-FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path], tuple[Run, str]]]] = {
+FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path, Program], tuple[Run, str]]]] = {
     "onnx": (ONNX, _onnx),
     "export": (PROGRAM, _pt2),
     "torchscript": (TORCHSCRIPT, _torchscript),
@@ -177,11 +182,12 @@ def export_model(
         example = torch.rand(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     want = module(example)
     out = Exported(folder)
+    program = functools.cache(lambda: _program(module, example))  # ONNX and model.pt2 share one trace
     for name in formats:
         filename, write = FORMATS[name]
         path = folder / filename
         try:
-            run, out.written_by[name] = write(module, example, path)
+            run, out.written_by[name] = write(module, example, path, program)
             # another batch order and size: the file must not have baked in the example
             other = example.flip(0)[: max(1, len(example) - 1)]
             out.max_abs_diff[name] = max(
@@ -191,9 +197,7 @@ def export_model(
         except Exception as e:  # an operator the format lacks, a failed trace, a missing runtime
             path.unlink(missing_ok=True)
             out.written_by.pop(name, None)
-            out.failed[name] = (
-                f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-            )
+            out.failed[name] = _reason(e, 300)
             log.warning("export to %s failed (%s); the other formats are written", name, out.failed[name])
     shape = f"[batch, 3, {image_size}, {image_size}]"
     meta: dict[str, Any] = {

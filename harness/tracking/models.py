@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,6 @@ class Registered:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
-
-    def record(self) -> dict[str, str]:
-        return asdict(self) | {"uri": self.uri, "version_uri": f"models:/{self.name}/{self.version}"}
 
 
 def registered_name(study: str) -> str:
