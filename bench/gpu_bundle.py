@@ -6,7 +6,7 @@ image's Python and platform, minus what the image already has. No hand-written p
 
 1. The runtime requirements are ``[project].dependencies`` of pyproject.toml, less the packages
    that only the Snakemake workflow and cluster storage need (WORKFLOW_ONLY; the device script runs
-   the harness CLI directly).
+   the harness CLI directly). The optional extras (EXTRAS_NOT_BUNDLED) are not bundled either.
 2. torch and torchvision come from the image, at the image's versions: pip resolves against
    metadata-only stand-ins of those versions, so their CUDA dependencies (already in the image)
    are not pulled in, and every other package is resolved against the torch it will meet.
@@ -36,6 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
 WORKFLOW_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "psycopg2-binary"}
+# The optional extras' packages, imported lazily by the harness and never by the device script, so
+# they stay out of the bundle: faiss-cpu (``faiss``, kNN backend "faiss": on a GPU the torch backend
+# runs there, and its 18 MB wheel would crowd the device tool's 64 MiB carry, most of it taken by the
+# EfficientNet weights) and pyarrow (``parquet``, a .parquet image list). Neither is a
+# [project].dependencies entry, so the requirements hash (and the lock) do not change with them.
+EXTRAS_NOT_BUNDLED = {"faiss-cpu", "pyarrow"}
 # The image's own builds (../shared/gpu/README.md): resolved against, never downloaded. The local
 # version "+image" makes pip take the metadata-only stand-in, not PyPI's wheel of the same release.
 IMAGE_PINNED = {"torch": "2.11.0+image", "torchvision": "0.26.0+image"}

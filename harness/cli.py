@@ -67,19 +67,22 @@ def cmd_verify(a: argparse.Namespace) -> None:
         from harness.study.data import resolve_root
 
         cfg = _config(a, tracked=False)
-        name, root, strict = cfg.dataset, resolve_root(cfg), cfg.strict_counts
+        spec, root, strict = cfg.dataset_spec(), resolve_root(cfg), cfg.strict_counts
+        fraction, seed = cfg.test_fraction, cfg.split_seed
     else:
         if not a.root:
             raise HarnessError("data verify needs --root PATH (or --config STUDY.yaml)")
-        name, root, strict = a.dataset, Path(a.root), not a.partial
-    from harness.data import get_dataset
+        from harness.data import get_dataset
+
+        options = {"split_file": a.split_file} if a.split_file else {}
+        spec, root, strict = get_dataset(a.dataset, **options), Path(a.root), not a.partial
+        from harness.study.config import DEFAULTS
+
+        fraction = DEFAULTS["test_fraction"] if a.test_fraction is None else a.test_fraction
+        seed = DEFAULTS["split_seed"] if a.split_seed is None else a.split_seed
     from harness.data.verify import verify_dataset
 
-    r = verify_dataset(get_dataset(name), root, strict)
-    print(
-        f"{r.dataset}: {r.root}: {r.num_images} images, {r.num_classes} classes, "
-        f"{r.train_images} in train classes, {r.test_images} in test classes: OK"
-    )
+    print(verify_dataset(spec, root, strict, fraction, seed).line())
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
@@ -264,6 +267,9 @@ def _data_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     v.add_argument("--root", help="dataset folder")
     v.add_argument("--config", help="take dataset and root from a study config instead")
     v.add_argument("--partial", action="store_true", help="a subset: skip the official image/class counts")
+    v.add_argument("--split-file", help="dataset folder: the '<class folder> <split>' file")
+    v.add_argument("--test-fraction", type=float, help="csv/folder without a split: fraction of test classes")
+    v.add_argument("--split-seed", type=int, help="csv/folder without a split: seed of the test-class draw")
     v.set_defaults(func=cmd_verify)
     pr = data.add_parser("prepare", help="resolve/download data, build caches, write the split manifest")
     pr.add_argument("--config", required=True)

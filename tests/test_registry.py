@@ -22,7 +22,7 @@ def test_names_read_from_the_source_are_the_registered_ones(registry: Registry) 
 
 
 def test_the_known_names() -> None:
-    assert DATASETS.names() == ("cars", "cub")
+    assert DATASETS.names() == ("cars", "csv", "cub", "folder", "inshop", "sop")
     assert DISTANCES.names() == ("cosine", "euclidean", "squared_euclidean")
     assert TRUNKS.names() == ("finetune", "frozen", "partial")
 

@@ -32,13 +32,17 @@ class Listing:
 
 class Dataset(ABC):
     name: ClassVar[str]
-    num_classes: ClassVar[int]
+    num_classes: ClassVar[int | None]
     num_images: ClassVar[int | None]
-    train_classes: ClassVar[range]  # the official classes the retrieval protocol trains on
-    test_classes: ClassVar[range]  # ... and tests on
+    # the official classes the retrieval protocol trains and tests on; None for a dataset of the
+    # user's own, whose split is given with its images or drawn (harness.data.splits.dataset_classes)
+    train_classes: ClassVar[range | None]
+    test_classes: ClassVar[range | None]
     archives: ClassVar[tuple[Archive, ...]] = ()  # what ``download`` fetches (md5-checked)
     # a copy to use when a study sets no data_root, relative to the working directory or the checkout
     shared_copy: ClassVar[str | None] = None
+    options: ClassVar[tuple[str, ...]] = ()  # study config keys the loader is built with
+    root_hint: ClassVar[str] = "the dataset folder"  # what data_root must name, for messages
 
     @abstractmethod
     def find_root(self, root: Path) -> Path:
@@ -56,7 +60,11 @@ class Dataset(ABC):
         if len(set(images.paths)) != len(images.paths):
             raise DataError(f"{listing.where}: some images are listed twice; re-extract the dataset")
         found = np.unique(images.labels)
-        if strict_counts and (listing.classes_listed != self.num_classes or len(found) != self.num_classes):
+        if (
+            strict_counts
+            and self.num_classes is not None
+            and (listing.classes_listed != self.num_classes or len(found) != self.num_classes)
+        ):
             raise DataError(
                 f"{root}: expected {self.num_classes} classes, {listing.class_list} lists"
                 f" {listing.classes_listed} and images use {len(found)}; the copy is incomplete,"
@@ -71,6 +79,8 @@ class Dataset(ABC):
 
     def download(self, dest: Path) -> Path:
         """Fetch and unpack the official archives (checksum-verified); returns the dataset root."""
+        if not self.archives:
+            raise DataError(f"dataset {self.name} has nothing to download; set data_root to {self.root_hint}")
         for archive in self.archives:
             download_and_extract(archive, Path(dest))
         return self.find_root(Path(dest))

@@ -6,6 +6,7 @@ import hashlib
 import sys
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,30 @@ def download(archive: Archive, dest: Path) -> Path:
     return target
 
 
+def extract_zip(path: Path, dest: Path) -> None:
+    """Unpack a .zip into ``dest``, refusing it whole if any member would land outside ``dest``
+    (an absolute name, ``..``): what tarfile's ``filter="data"`` does for the tars."""
+    root = Path(dest).resolve()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.infolist():
+                if not (root / member.filename).resolve().is_relative_to(root):
+                    raise DataError(
+                        f"{path}: member {member.filename!r} would be written outside {dest};"
+                        " this is not the official archive, delete it and download again"
+                    )
+            zf.extractall(root)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a readable .zip ({e}); delete it and download again") from e
+
+
 def download_and_extract(archive: Archive, dest: Path) -> None:
     path = download(archive, dest)
-    if archive.extract and tarfile.is_tarfile(path):
+    if not archive.extract:
+        return
+    # by the name we gave it: an uncompressed tar holding a zip can pass zipfile.is_zipfile
+    if archive.filename.endswith(".zip"):
+        extract_zip(path, dest)
+    elif tarfile.is_tarfile(path):
         with tarfile.open(path) as tar:
             tar.extractall(dest, filter="data")

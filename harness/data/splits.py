@@ -12,10 +12,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from harness.data.base import ImageList
+from harness.data.base import QUERY_GALLERY, ImageList
 from harness.errors import ConfigError, DataError
 
 
@@ -24,6 +25,44 @@ def carve_out(n_train_classes: int, val_fraction: float) -> tuple[int, int]:
     become validation classes: the rule of the split, and of the config check that runs before it."""
     n_val = max(2, int(round(val_fraction * n_train_classes)))
     return n_train_classes - n_val, n_val
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Which classes train and which test, and whence: ``official`` (the benchmark's class ranges),
+    ``given`` (the dataset's own per-image split: In-Shop's partition, a CSV's ``split`` column) or
+    ``seeded`` (``test_fraction`` of the classes, drawn with ``split_seed``)."""
+
+    train: list[int]
+    test: list[int]
+    how: str
+    validation: list[int] | None = None  # given validation classes: used instead of a carve-out
+
+
+def dataset_classes(
+    spec: Any, images: ImageList, test_fraction: float = 0.5, split_seed: int = 0
+) -> ClassSplit:
+    """The train/test classes of ``images``: the split the dataset gives its images, else its
+    official class ranges, else a seeded class-disjoint draw (a dataset of the user's own)."""
+    if images.roles is not None:
+        roles = np.asarray(images.roles)
+        by = {r: np.unique(images.labels[roles == r]).tolist() for r in ("train", "validation", "test")}
+        for a, b in (("train", "test"), ("train", "validation"), ("validation", "test")):
+            both = sorted(set(by[a]) & set(by[b]))
+            if both:
+                raise DataError(
+                    f"{images.dataset}: class {both[0]} has images in both the {a} and the {b} split;"
+                    " the splits must be class-disjoint"
+                )
+        return ClassSplit(by["train"], by["test"], "given", by["validation"] or None)
+    if spec.train_classes is not None:
+        return ClassSplit(list(spec.train_classes), list(spec.test_classes), "official")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    classes = images.classes
+    n_test = int(round(test_fraction * len(classes)))
+    test = np.sort(np.random.default_rng(split_seed).choice(classes, size=n_test, replace=False))
+    return ClassSplit(np.setdiff1d(classes, test).tolist(), test.tolist(), "seeded")
 
 
 @dataclass(frozen=True)
@@ -60,6 +99,17 @@ class Split:
     def labels(self, idx: np.ndarray) -> np.ndarray:
         return self.images.labels[idx]
 
+    @property
+    def protocol(self) -> str:
+        """How the test classes are scored (``leave-one-out`` or ``query-gallery``)."""
+        return self.images.protocol
+
+    def test_masks(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(query, gallery) flags of the test images, or (None, None) for leave-one-out."""
+        if self.images.query is None or self.images.gallery is None:
+            return None, None
+        return self.images.query[self.test].astype(bool), self.images.gallery[self.test].astype(bool)
+
 
 def make_split(
     images: ImageList,
@@ -68,11 +118,16 @@ def make_split(
     val_fraction: float = 0.2,
     seed: int = 0,
     val_folds: int = 1,
+    val_classes: list[int] | None = None,
+    classes_split: str = "official",
 ) -> Split:
     """Class-disjoint splits of ``images``. ``val_folds`` = 1: ``val_fraction`` of the training
     classes (seeded) validate. ``val_folds`` = k > 1: the training classes fall into k disjoint folds
     of (nearly) equal size, each validating once while the others train (``fold``); ``train`` and
-    ``val`` are then fold 0's, and ``val_fraction`` is not used."""
+    ``val`` are then fold 0's, and ``val_fraction`` is not used. ``val_classes``: the validation
+    classes the dataset gives (a CSV's ``validation`` split), used as they are; ``train_classes``
+    then excludes them. ``classes_split``: how the train/test classes came (``ClassSplit.how``),
+    recorded unless official."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     present = set(images.classes.tolist())
@@ -85,6 +140,18 @@ def make_split(
         )
     rng = np.random.default_rng(seed)
     folds: tuple[np.ndarray, ...] = ()
+    given = None if val_classes is None else np.array(sorted(c for c in val_classes if c in present))
+    if given is not None:
+        if val_folds > 1:
+            raise ConfigError(
+                f"{images.dataset}: the data gives its own validation split, and val_folds {val_folds}"
+                " would draw folds instead; set val_folds: 1, or drop the validation rows' split"
+            )
+        if len(given) < 2:
+            raise DataError(
+                f"{images.dataset}: the validation split has {len(given)} class; it needs at least 2"
+            )
+        train_c = np.union1d(train_c, given)
     if val_folds > 1:
         if len(train_c) // val_folds < 2:
             raise ConfigError(
@@ -92,15 +159,23 @@ def make_split(
                 " lower val_folds"
             )
         folds = tuple(np.sort(f) for f in np.array_split(rng.permutation(train_c), val_folds))
-    n_fit, n_val = (
-        carve_out(len(train_c), val_fraction) if not folds else (len(train_c) - len(folds[0]), len(folds[0]))
-    )
+    if given is not None:
+        n_fit, n_val = len(train_c) - len(given), len(given)
+    else:
+        n_fit, n_val = (
+            carve_out(len(train_c), val_fraction)
+            if not folds
+            else (len(train_c) - len(folds[0]), len(folds[0]))
+        )
     if n_fit < 2:
         raise ConfigError(
             f"val_fraction {val_fraction} makes {n_val} of the {len(train_c)} training classes validation"
             f" classes, leaving {n_fit} to train on; lower val_fraction"
         )
-    val_c = np.sort(rng.choice(train_c, size=n_val, replace=False)) if not folds else folds[0]
+    if given is not None:
+        val_c = given
+    else:
+        val_c = np.sort(rng.choice(train_c, size=n_val, replace=False)) if not folds else folds[0]
     fit_c = np.setdiff1d(train_c, val_c)
     for a, b, what in (
         (fit_c, val_c, "train/val"),
@@ -132,6 +207,13 @@ def make_split(
             k: int(np.unique(labels[v], return_counts=True)[1].min()) if len(v) else 0 for k, v in idx.items()
         },
     }
+    if classes_split != "official":
+        body["classes_split"] = classes_split
+    if given is not None:
+        body["val_fraction"] = None
+        body["validation"] = "given"
+    if images.query is not None:  # the test classes are scored query against gallery
+        body["protocol"] = test_protocol(images, idx["test"])
     identity: dict = dict(classes)
     if folds:  # every fold is part of what the search was run on
         body["val_folds"] = val_folds
@@ -141,6 +223,26 @@ def make_split(
     body["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     body["overlap"] = {"train_val": [], "train_test": [], "val_test": []}
     return Split(images, idx["train"], idx["val"], idx["test"], body, folds)
+
+
+def test_protocol(images: ImageList, test: np.ndarray) -> dict:
+    """The query/gallery protocol of the test images, checked: every query has a gallery image of
+    its class other than itself, and the gallery is not empty."""
+    assert images.query is not None and images.gallery is not None
+    q, g, y = images.query[test].astype(bool), images.gallery[test].astype(bool), images.labels[test]
+    if not q.any() or not g.any():
+        raise DataError(
+            f"{images.dataset}: the test classes have {int(q.sum())} queries and {int(g.sum())} gallery"
+            " images; both are needed"
+        )
+    per_class = dict(zip(*np.unique(y[g], return_counts=True)))
+    for i in np.flatnonzero(q):
+        if per_class.get(y[i], 0) - int(g[i]) < 1:
+            raise DataError(
+                f"{images.dataset}: query {images.paths[test[i]]} (class {y[i]}) has no gallery image of its"
+                " class; mark one of its class's images is_gallery, or drop the query"
+            )
+    return {"test": QUERY_GALLERY, "queries": int(q.sum()), "gallery": int(g.sum())}
 
 
 def write_manifest(split: Split, path: Path) -> None:

@@ -6,11 +6,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.data.base import ImageList
 from harness.data.images import decode
+from harness.data.splits import dataset_classes, test_protocol
 from harness.errors import DataError
 
 
@@ -22,6 +24,19 @@ class VerifyReport:
     num_classes: int
     train_images: int
     test_images: int
+    split: str = "official"  # how the classes were split (harness.data.splits.ClassSplit.how)
+    protocol: str = "leave-one-out"
+    queries: int = 0  # query-gallery: the test images scored, and those they are scored against
+    gallery: int = 0
+
+    def line(self) -> str:
+        """What ``harness data verify`` prints."""
+        scored = f", {self.queries} queries against {self.gallery} gallery images" if self.queries else ""
+        return (
+            f"{self.dataset}: {self.root}: {self.num_images} images, {self.num_classes} classes, "
+            f"{self.train_images} in train classes, {self.test_images} in test classes ({self.split} split,"
+            f" {self.protocol}{scored}): OK"
+        )
 
 
 def verify_images(images: ImageList, threads: int | None = None) -> None:
@@ -41,16 +56,27 @@ def verify_images(images: ImageList, threads: int | None = None) -> None:
         raise DataError(problems[0] + more)
 
 
-def verify_dataset(spec, root: Path, strict_counts: bool = True) -> VerifyReport:
-    """``spec``: a registry dataset (CUB200, Cars196); ``strict_counts``: official image/class counts."""
+def verify_dataset(
+    spec: Any, root: Path, strict_counts: bool = True, test_fraction: float = 0.5, split_seed: int = 0
+) -> VerifyReport:
+    """``spec``: a registry dataset (``get_dataset``); ``strict_counts``: official image/class counts;
+    ``test_fraction``, ``split_seed``: the class split of a dataset without one of its own. Checks
+    the metadata, the split (class-disjoint, every query with a gallery image) and every image."""
     images: ImageList = spec.load(root, strict_counts=strict_counts)
-    verify_images(images)
+    classes = dataset_classes(spec, images, test_fraction, split_seed)
     labels = images.labels
+    test = np.flatnonzero(np.isin(labels, classes.test))
+    scored = test_protocol(images, test) if images.query is not None else {}
+    verify_images(images)
     return VerifyReport(
         dataset=spec.name,
         root=Path(spec.find_root(root)),
         num_images=len(images),
         num_classes=len(images.classes),
-        train_images=int(np.isin(labels, list(spec.train_classes)).sum()),
-        test_images=int(np.isin(labels, list(spec.test_classes)).sum()),
+        train_images=int(np.isin(labels, classes.train + (classes.validation or [])).sum()),
+        test_images=len(test),
+        split=classes.how,
+        protocol=images.protocol,
+        queries=scored.get("queries", 0),
+        gallery=scored.get("gallery", 0),
     )

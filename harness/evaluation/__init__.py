@@ -1,8 +1,9 @@
-"""Retrieval evaluation: exact kNN in torch and the standard DML metrics built on it."""
+"""Retrieval evaluation: exact kNN (torch, or faiss's flat indexes) and the standard DML metrics built
+on it, leave-one-out or query/gallery, in memory bounded for galleries of any size."""
 
 from __future__ import annotations
 
-from harness.evaluation.knn import knn
-from harness.evaluation.metrics import retrieval_metrics
+from harness.evaluation.knn import BACKENDS, knn
+from harness.evaluation.metrics import per_query_scores, retrieval_metrics
 
-__all__ = ["knn", "retrieval_metrics"]
+__all__ = ["BACKENDS", "knn", "per_query_scores", "retrieval_metrics"]

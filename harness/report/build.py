@@ -33,6 +33,7 @@ from harness.report.tables import (
     load_data,
     manifest_table,
     model_out_text,
+    protocol_text,
     strategy_table,
     trials_table,
     weights_table,
@@ -138,7 +139,7 @@ def _study_section(page: Page, d: StudyData, prefix: str, multi: bool) -> None:
         f"<b>{html.escape(cfg.backbone)}</b> ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px, "
         f"{cfg.epochs} epochs per trial.{weights_text(cfg)} Hyperparameters were chosen on validation"
         " classes carved out of the training classes; the test classes were used only for the final"
-        " evaluation."
+        f" evaluation.{protocol_text(cfg, d.test)}"
     )
     for note in d.notes:
         page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')

@@ -19,6 +19,7 @@ from harness.report.tables import (
     final_table,
     manifest_table,
     model_out_text,
+    protocol_text,
     this_incarnation,
     trials_frame,
     weights_table,
@@ -283,7 +284,7 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
         f" <code>{html.escape(str(cfg.compare))}</code>,"
         f" each its own study with {cfg.budget.n_trials} trials, the same search space and {folds} on the"
         " training classes; each arm's best validation config was re-trained on all training classes with"
-        f" {cfg.evaluate.seeds} seeds and scored once on the test classes."
+        f" {cfg.evaluate.seeds} seeds and scored once on the test classes.{protocol_text(cfg, d.test)}"
     )
     for note in d.notes:
         page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')

@@ -303,6 +303,33 @@ def environment() -> pd.DataFrame:
     )
 
 
+def protocol_text(cfg: StudyConfig, test: pd.DataFrame | None = None) -> str:
+    """How the test numbers were scored, from the split manifest: leave-one-out or query against
+    gallery, with the counts, and NMI's sample when it was clustered on part of the test images."""
+    m = read_manifest(cfg)
+    if not m:
+        return ""
+    n, c = m["num_images"]["test"], m["num_classes"]["test"]
+    split = {"given": " (the split the data gives)", "seeded": f" (drawn with split_seed {cfg.split_seed})"}
+    how = split.get(m.get("classes_split", ""), "")
+    scored = m.get("protocol")
+    if scored and scored.get("test") == "query-gallery":
+        text = (
+            f" Test: {n:,} images of {c:,} classes{how}, scored <b>query against gallery</b>:"
+            f" {scored['queries']:,} queries, each ranked against the {scored['gallery']:,} gallery images"
+            " (its own image left out); R = the gallery images of its class."
+        )
+    else:
+        text = (
+            f" Test: {n:,} images of {c:,} classes{how}, scored <b>leave-one-out</b>: each image ranked"
+            " against all the others."
+        )
+    if test is not None and "test_nmi_images" in test and test["test_nmi_images"].notna().any():
+        k = int(test["test_nmi_images"].dropna().iloc[0])
+        text += f" NMI was clustered on a seeded sample of {k:,} test images (whole classes)."
+    return text
+
+
 def weights_text(cfg: StudyConfig) -> str:
     """Which weights the study's backbone loaded and the preprocessing they come with, for the page's
     first paragraph (empty before the data is prepared)."""

@@ -75,6 +75,8 @@ class Evaluate:
     bootstrap: int = 2000
     jobs: int = 1  # Snakemake jobs the evaluation runs are spread over
     export: str = "best"  # TorchScript + ONNX of: the best config's seeds | all final runs | none
+    knn: str = "torch"  # the test kNN: torch | faiss (exact; pip install faiss-cpu) | auto
+    nmi_max_images: int = 10_000  # above it NMI clusters a seeded sample of whole classes (SOP: 60,502)
 
     @property
     def seed_list(self) -> list[int]:
@@ -195,6 +197,10 @@ class StudyConfig:
     data_root: str | None = None
     download: bool = False
     strict_counts: bool = True  # false only for subsets and generated fixtures
+    # a dataset of the user's own without its own split: test classes drawn apart from ``seed``
+    test_fraction: float = 0.5
+    split_seed: int = 0
+    split_file: str | None = None  # dataset: folder: each class's split
     image_size: int = 128
     cache_size: int | None = None
     backbone: str = "efficientnet_lite0"
@@ -236,6 +242,13 @@ class StudyConfig:
     def command_path(self) -> str:
         """How to name this config in a command the user is told to run."""
         return self.source if self.source.endswith((".yaml", ".yml")) else "STUDY.yaml"
+
+    def dataset_spec(self) -> Any:
+        """The study's dataset loader, built with the config keys it takes (``folder``: split_file)."""
+        from harness.data import get_dataset
+
+        cls = DATASETS.get(self.dataset)
+        return get_dataset(self.dataset, **{k: getattr(self, k) for k in cls.options})
 
     @property
     def results(self) -> Path:
@@ -451,7 +464,13 @@ PROTOCOL_KEYS = (
 
 # Keys added later enter a study's identity only when set away from their default, so the hash of
 # every study created before them stays what it was.
-LATER_PROTOCOL_KEYS = {"val_folds": 1, "compare": None}
+LATER_PROTOCOL_KEYS = {
+    "val_folds": 1,
+    "compare": None,
+    "test_fraction": 0.5,
+    "split_seed": 0,
+    "split_file": None,
+}
 
 
 # A config section that belongs to some trunk modes only (its own trunk mode's settings): it is part
@@ -508,8 +527,9 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
             " k folds every training class validates once (1/k of them per fold) and val_fraction does"
             " not apply; remove val_fraction, or set val_folds: 1 to carve out that fraction"
         )
-    if cfg.strict_counts:  # a subset: checked against the classes present when its data is loaded
-        check_split(cfg, len(DATASETS.get(cfg.dataset).train_classes), source)
+    official = DATASETS.get(cfg.dataset).train_classes  # None: the user's own, known once loaded
+    if cfg.strict_counts and official is not None:  # a subset: checked against the classes loaded
+        check_split(cfg, len(official), source)
     return cfg
 
 
@@ -562,6 +582,11 @@ def _check_sections(raw: dict, source: str) -> None:
         )
     if raw["dataset"] not in DATASETS.names():
         raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], DATASETS.names())}")
+    if raw["split_file"] is not None and "split_file" not in DATASETS.get(raw["dataset"]).options:
+        raise ConfigError(
+            f"{source}: split_file applies to dataset: folder, not {raw['dataset']} (a CSV gives its split"
+            " in a split column; the benchmarks have their official one)"
+        )
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
         raise ConfigError(
             f"{source}: cache_size {raw['cache_size']} < image_size {raw['image_size']}; the cache must"

@@ -14,10 +14,9 @@ from typing import Generic, TypeVar
 import torch
 from torch import nn
 
-from harness.data import get_dataset
 from harness.data.cache import load_image_cache
 from harness.data.digests import content
-from harness.data.splits import make_split, write_manifest
+from harness.data.splits import dataset_classes, make_split, write_manifest
 from harness.errors import DataError
 from harness.models import create_trunk
 from harness.models.weights import resolve
@@ -41,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_root(cfg: StudyConfig, allow_download: bool = False) -> Path:
     """data_root if set; else the dataset's shared copy if present; else download when allowed."""
-    spec = get_dataset(cfg.dataset)
+    spec = cfg.dataset_spec()
     if cfg.data_root:
         root = Path(cfg.data_root).expanduser()
         if root.exists() or not (allow_download and cfg.download):
@@ -60,6 +59,8 @@ def resolve_root(cfg: StudyConfig, allow_download: bool = False) -> Path:
     if allow_download and cfg.download:
         log.info("no local copy of %s; downloading the official archive into %s", cfg.dataset, target)
         return spec.download(target)
+    if not spec.archives:
+        raise DataError(f"dataset {cfg.dataset!r} needs data_root: set it to {spec.root_hint}")
     raise DataError(
         f"no copy of dataset {cfg.dataset!r} found: set data_root in the study config,"
         " or download: true to fetch the official archive"
@@ -76,12 +77,20 @@ def prepare(
     if write:
         refuse_changed(cfg)  # before anything is written: a refused config changes nothing
     device = device or resolve_device(cfg.device)
-    spec = get_dataset(cfg.dataset)
+    spec = cfg.dataset_spec()
     images = spec.load(resolve_root(cfg, allow_download), strict_counts=cfg.strict_counts)
+    classes = dataset_classes(spec, images, cfg.test_fraction, cfg.split_seed)
     split = make_split(
-        images, spec.train_classes, spec.test_classes, cfg.val_fraction, cfg.seed, cfg.val_folds
+        images,
+        classes.train,
+        classes.test,
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.val_folds,
+        classes.validation,
+        classes.how,
     )
-    if not cfg.strict_counts:  # a subset: its class count is known only now (else: at config time)
+    if not cfg.strict_counts or spec.train_classes is None:  # class count known only now
         n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
         check_split(cfg, n_train, cfg.name)
     mode = get_trunk(cfg)

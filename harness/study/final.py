@@ -273,6 +273,14 @@ class Evaluator:
         return self._prep
 
     @property
+    def protocol(self) -> dict[str, Any]:
+        """How the test images are scored, as keyword arguments of the metrics: their ``query`` and
+        ``gallery`` flags (both None: leave-one-out), the kNN backend and NMI's sample bound."""
+        query, gallery = self.prep.split.test_masks()
+        ev = self.cfg.evaluate
+        return {"query": query, "gallery": gallery, "backend": ev.knn, "nmi_max_images": ev.nmi_max_images}
+
+    @property
     def pool(self) -> TrunkPool:
         if self._pool is None:
             self._pool = self.prep.mode.pool(self.device)
@@ -353,7 +361,9 @@ class Evaluator:
         t0 = time.perf_counter()
         prep, test = self.prep, self.prep.split.test
         emb = prep.mode.baseline(prep, test, self.device)
-        m = retrieval_metrics(emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q)
+        m = retrieval_metrics(
+            emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q, **self.protocol
+        )
         row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0}
         row |= {f"test_{k}": v for k, v in m.items()} | self._weights()
         params = {"backbone": self.cfg.backbone, "distance": "cosine"}
@@ -368,7 +378,9 @@ class Evaluator:
         trunk, info = create_trunk(backbone, pretrained, seed=self.cfg.seed)
         trunk = trunk.to(self.device)
         emb, ips = embed_images(trunk, prep.images_u8[test], info, self.cfg.image_size, self.device)
-        m = retrieval_metrics(emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q)
+        m = retrieval_metrics(
+            emb, prep.images.labels[test], distance="cosine", nmi=True, per_query=q, **self.protocol
+        )
         record = info.source.record() if info.source is not None else {}
         row |= {"seed": -1, "epochs": 0, "eval_s": time.perf_counter() - t0, "eval_img_per_s": ips}
         row |= {f"test_{k}": v for k, v in m.items()} | weights_columns(record)
@@ -389,7 +401,9 @@ class Evaluator:
         )
         train_s = time.perf_counter() - t0
         kept: dict = {}
-        m = evaluate_source(model, test_src, p.distance, self.device, nmi=True, per_query=q, embeddings=kept)
+        m = evaluate_source(
+            model, test_src, p.distance, self.device, nmi=True, per_query=q, embeddings=kept, **self.protocol
+        )
         self._store_embeddings(unit, kept["embeddings"], p.distance)
         if self.cfg.evaluate.export == "all" or (
             self.cfg.evaluate.export == "best" and unit.kind == "top" and unit.rank == 1
@@ -424,7 +438,8 @@ class Evaluator:
 
     def _store_embeddings(self, unit: Unit, emb: torch.Tensor, distance: str) -> None:
         """The test-class embeddings with their image paths and labels, so another tool can re-score
-        them (``np.load``: ``embeddings`` [N, D] float32, ``labels`` [N], ``paths`` [N], ``distance``)."""
+        them (``np.load``: ``embeddings`` [N, D] float32, ``labels`` [N], ``paths`` [N], ``distance``; a
+        query-gallery dataset's ``is_query`` and ``is_gallery`` [N] too)."""
         test = self.prep.split.test
         path = self.embeddings_path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -434,6 +449,7 @@ class Evaluator:
                 embeddings=emb.numpy().astype(np.float32),
                 labels=np.asarray(self.prep.images.labels)[test],
                 paths=np.asarray([self.prep.images.paths[i] for i in test]),
+                **{f"is_{k}": self.protocol[k] for k in ("query", "gallery") if self.protocol[k] is not None},
                 distance=np.array(distance),
                 config=np.array(unit.label),
                 seed=np.array(unit.seed),

@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,16 +60,30 @@ def evaluate_source(
     nmi: bool = False,
     per_query: dict | None = None,
     embeddings: dict | None = None,
+    query: np.ndarray | None = None,
+    gallery: np.ndarray | None = None,
+    **scoring: Any,
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on ``source``; ``per_query`` receives each query's scores and
-    ``embeddings`` (when given) the embeddings themselves (``"embeddings"``: [N, D] on the CPU)."""
+    ``embeddings`` (when given) the embeddings themselves (``"embeddings"``: [N, D] on the CPU).
+    ``query``, ``gallery``: flags over the source's images for query-against-gallery scoring
+    (None: leave-one-out); ``scoring``: the metrics' other settings (``backend``, ``nmi_max_images``)."""
     t0 = time.perf_counter()
     emb = embed_source(model, source, device)
     if embeddings is not None:
         embeddings["embeddings"] = emb.detach().float().cpu()
     sync(device)
     embed_s = time.perf_counter() - t0
-    metrics = retrieval_metrics(emb, source.labels, distance=distance, nmi=nmi, per_query=per_query)
+    metrics = retrieval_metrics(
+        emb,
+        source.labels,
+        distance=distance,
+        nmi=nmi,
+        per_query=per_query,
+        query=query,
+        gallery=gallery,
+        **scoring,
+    )
     metrics["eval_img_per_s"] = len(source) / max(embed_s, 1e-9)
     metrics["eval_s"] = time.perf_counter() - t0
     return metrics

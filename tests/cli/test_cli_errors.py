@@ -66,7 +66,10 @@ def exact_cub(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_verify_exact_count_fixture_passes(exact_cub: Path, tmp_path: Path) -> None:
     r = run_subprocess(["data", "verify", "--dataset", "cub", "--root", str(exact_cub)], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "11788 images, 200 classes, 5900 in train classes, 5888 in test classes: OK" in r.stdout
+    assert (
+        "11788 images, 200 classes, 5900 in train classes, 5888 in test classes"
+        " (official split, leave-one-out): OK" in r.stdout
+    )
 
 
 def test_verify_exact_count_fixture_corrupt_jpeg(exact_cub: Path, tmp_path: Path) -> None:
@@ -98,7 +101,10 @@ def test_verify_small_fixture_passes_without_count_check(
     code, out, err = cli(["data", "verify", "--dataset", "cub", "--root", str(cub)], capsys)
     assert code == 0, err
     assert err == ""
-    assert "400 images, 200 classes, 200 in train classes, 200 in test classes: OK" in out
+    assert (
+        "400 images, 200 classes, 200 in train classes, 200 in test classes"
+        " (official split, leave-one-out): OK" in out
+    )
 
 
 @pytest.mark.parametrize(

@@ -245,14 +245,16 @@ def test_cars_archives() -> None:
 
 
 def test_registry() -> None:
-    assert set(DATASETS.names()) == {"cub", "cars"}
+    assert set(DATASETS.names()) == {"cub", "cars", "sop", "inshop", "csv", "folder"}
     assert isinstance(get_dataset("cub"), CUB200)
     assert isinstance(get_dataset("cars"), Cars196)
 
 
 def test_registry_unknown_name_lists_known() -> None:
-    with pytest.raises(ConfigError, match="unknown dataset 'sop'; known datasets: cars, cub"):
-        get_dataset("sop")
+    with pytest.raises(
+        ConfigError, match="unknown dataset 'imagenet'; known datasets: cars, csv, cub, folder, inshop, sop"
+    ):
+        get_dataset("imagenet")
 
 
 # --- the real CUB copy -------------------------------------------------------------------------

@@ -69,7 +69,10 @@ def a_test_image() -> str:
 def test_real_cub_verifies(tmp_path: Path) -> None:
     r = verify(REAL, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "11788 images, 200 classes, 5864 in train classes, 5924 in test classes: OK" in r.stdout
+    assert (
+        "11788 images, 200 classes, 5864 in train classes, 5924 in test classes"
+        " (official split, leave-one-out): OK" in r.stdout
+    )
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])

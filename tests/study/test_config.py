@@ -203,3 +203,17 @@ def test_every_shipped_study_config_is_valid(path: Path) -> None:
     """A study the README or a bench script names must parse: schema, cross-field rules, names."""
     cfg = parse_config(yaml.safe_load(path.read_text()))
     assert cfg.name == path.stem
+
+
+def test_the_evaluation_settings_name_the_metrics_own_choices() -> None:
+    """evaluate.knn takes exactly the kNN backends, and nmi_max_images defaults to the metrics' own
+    bound: one list and one default, read by config and metrics alike."""
+    from harness.evaluation import BACKENDS
+    from harness.evaluation.metrics import NMI_MAX_IMAGES
+    from harness.study import parse_config
+    from harness.study.config import DEFAULTS, schema
+
+    assert schema()["properties"]["evaluate"]["properties"]["knn"]["enum"] == list(BACKENDS)
+    assert DEFAULTS["evaluate"]["nmi_max_images"] == NMI_MAX_IMAGES
+    with pytest.raises(ConfigError, match="knn"):
+        parse_config({"name": "x", "dataset": "cub", "budget": {"n_trials": 1}, "evaluate": {"knn": "annoy"}})

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.data import get_dataset
 from harness.data.base import ImageList
+from harness.data.splits import dataset_classes
 from harness.errors import DataError
 from harness.models import TrunkInfo
 from harness.models.activations import (
@@ -72,7 +72,8 @@ class PartialTrunk(TrunkMode):
         """Every cut, cached (the missing ones computed in one pass)."""
         cfg = self.cfg
         views, seed = cfg.partial.views, cfg.partial.seed
-        aug_idx = np.flatnonzero(np.isin(images.labels, list(get_dataset(cfg.dataset).train_classes)))
+        classes = dataset_classes(cfg.dataset_spec(), images, cfg.test_fraction, cfg.split_seed)
+        aug_idx = np.flatnonzero(np.isin(images.labels, classes.train + (classes.validation or [])))
         precision = bottom_precision(device)
         stems = {
             k: cache_stem(
