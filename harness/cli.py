@@ -74,7 +74,9 @@ def cmd_verify(a: argparse.Namespace) -> None:
             raise HarnessError("data verify needs --root PATH (or --config STUDY.yaml)")
         from harness.data import get_dataset
 
-        options = {"split_file": a.split_file} if a.split_file else {}
+        options: dict[str, object] = {"split_file": a.split_file} if a.split_file else {}
+        if a.shared_classes:
+            options["class_disjoint"] = False
         spec, root, strict = get_dataset(a.dataset, **options), Path(a.root), not a.partial
         from harness.study.config import DEFAULTS
 
@@ -268,6 +270,9 @@ def _data_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     v.add_argument("--config", help="take dataset and root from a study config instead")
     v.add_argument("--partial", action="store_true", help="a subset: skip the official image/class counts")
     v.add_argument("--split-file", help="dataset folder: the '<class folder> <split>' file")
+    v.add_argument(
+        "--shared-classes", action="store_true", help="csv: splits may share classes (class_disjoint: false)"
+    )
     v.add_argument("--test-fraction", type=float, help="csv/folder without a split: fraction of test classes")
     v.add_argument("--split-seed", type=int, help="csv/folder without a split: seed of the test-class draw")
     v.set_defaults(func=cmd_verify)

@@ -36,6 +36,10 @@ class CSVList(Dataset):
     train_classes: ClassVar[range | None] = None
     test_classes: ClassVar[range | None] = None
     root_hint = "the CSV or parquet file that lists the images"
+    options = ("class_disjoint",)
+
+    def __init__(self, class_disjoint: bool = True) -> None:
+        self.class_disjoint = class_disjoint
 
     def find_root(self, root: Path) -> Path:
         root = Path(root)
@@ -53,7 +57,7 @@ class CSVList(Dataset):
 
     def read(self, root: Path) -> Listing:
         rows, where = _rows(root)
-        images = listing(rows, where, root.parent, self.name, root)
+        images = listing(rows, where, root.parent, self.name, root, self.class_disjoint)
         return Listing(images, len(images.classes), "label column", root)
 
 
@@ -97,9 +101,12 @@ def _need_pyarrow(path: Path) -> None:
         ) from None
 
 
-def listing(cols: dict[str, list[str]], where: list[str], base: Path, dataset: str, path: Path) -> ImageList:
+def listing(
+    cols: dict[str, list[str]], where: list[str], base: Path, dataset: str, path: Path, disjoint: bool = True
+) -> ImageList:
     """Check the rows (``where``: how to name each in a message; ``path``: the file that lists them)
-    and turn them into an ImageList of ``dataset`` with images under ``base`` (``folder`` too)."""
+    and turn them into an ImageList of ``dataset`` with images under ``base`` (``folder`` too).
+    ``disjoint``: a class in two splits is refused (false: the user's opt-out, class_disjoint)."""
     paths = cols["path"]
     first: dict[str, int] = {}
     for i, p in enumerate(paths):
@@ -123,7 +130,7 @@ def listing(cols: dict[str, list[str]], where: list[str], base: Path, dataset: s
         query = np.ones(len(paths), bool) if query is None else query
         gallery = np.ones(len(paths), bool) if gallery is None else gallery
     category = ids(cols["category"]) if "category" in cols else None
-    _check_classes(labels, roles, query, gallery, where, path)
+    _check_classes(labels, roles if disjoint else None, query, gallery, where, path, roles)
     return ImageList(dataset, base, tuple(paths), labels, roles, query, gallery, category)
 
 
@@ -165,9 +172,10 @@ def _check_classes(
     gallery: np.ndarray | None,
     where: list[str],
     path: Path,
+    given: np.ndarray | None,
 ) -> None:
-    """Class-disjoint splits, a positive pair wherever training or leave-one-out needs one, and a
-    gallery image for every query."""
+    """Class-disjoint splits (``roles``; None: not checked), a positive pair wherever training or
+    leave-one-out needs one, and a gallery image for every query (``given``: the split column)."""
     n = len(labels)
     role = roles if roles is not None else np.full(n, "")
     first_role: dict[tuple[int, str], int] = {}
@@ -180,18 +188,21 @@ def _check_classes(
             here, there = str(role[i]), str(role[j])
             raise DataError(
                 f"{where[i]}: class {y} is in split {here!r} here and in {there!r} at {where[j]};"
-                " the splits must be class-disjoint (retrieval of unseen classes)"
+                " the splits must be class-disjoint (unseen classes), or set class_disjoint: false"
             )
         seen[y] = i
+    role = given if given is not None else role
     scored_by_pairs = (role != "test") | (query is None)  # training, validation, leave-one-out test
-    counts = _counts(labels)
+    pairs: dict[tuple[int, str], int] = {}  # images per class within a split
+    for key in zip(labels.tolist(), role.tolist()):
+        pairs[key] = pairs.get(key, 0) + 1
     for r in np.flatnonzero(scored_by_pairs).tolist():
-        if counts[int(labels[r])] < 2:
+        if pairs[(int(labels[r]), str(role[r]))] < 2:
             raise DataError(
                 f"{where[r]}: class {labels[r]} has this one image; a class needs two or more to form a"
                 " positive pair (add images, or drop the row)"
             )
-    if query is None or gallery is None or roles is None:
+    if query is None or gallery is None or given is None:
         return  # without a split the test classes are drawn later, and checked then
     test = role == "test"
     if not (gallery & test).any():

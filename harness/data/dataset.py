@@ -43,6 +43,7 @@ class Dataset(ABC):
     shared_copy: ClassVar[str | None] = None
     options: ClassVar[tuple[str, ...]] = ()  # study config keys the loader is built with
     root_hint: ClassVar[str] = "the dataset folder"  # what data_root must name, for messages
+    class_disjoint: bool = True  # false: the splits the data gives may share classes (csv's option)
 
     @abstractmethod
     def find_root(self, root: Path) -> Path:

@@ -37,6 +37,7 @@ class ClassSplit:
     test: list[int]
     how: str
     validation: list[int] | None = None  # given validation classes: used instead of a carve-out
+    disjoint: bool = True  # false: the given splits share classes (each image keeps its role)
 
 
 def dataset_classes(
@@ -47,6 +48,8 @@ def dataset_classes(
     if images.roles is not None:
         roles = np.asarray(images.roles)
         by = {r: np.unique(images.labels[roles == r]).tolist() for r in ("train", "validation", "test")}
+        if not spec.class_disjoint:
+            return ClassSplit(by["train"], by["test"], "given", by["validation"] or None, disjoint=False)
         for a, b in (("train", "test"), ("train", "validation"), ("validation", "test")):
             both = sorted(set(by[a]) & set(by[b]))
             if both:
@@ -63,6 +66,16 @@ def dataset_classes(
     n_test = int(round(test_fraction * len(classes)))
     test = np.sort(np.random.default_rng(split_seed).choice(classes, size=n_test, replace=False))
     return ClassSplit(np.setdiff1d(classes, test).tolist(), test.tolist(), "seeded")
+
+
+def training_images(cfg: Any, images: ImageList) -> np.ndarray:
+    """Indices of every image of the official training side (train and validation): with the split
+    the data gives, the rows not in test; else the images of the training classes. ``cfg``: a study
+    config (its dataset and the draw of a dataset without a split)."""
+    if images.roles is not None:
+        return np.flatnonzero(np.asarray(images.roles) != "test")
+    classes = dataset_classes(cfg.dataset_spec(), images, cfg.test_fraction, cfg.split_seed)
+    return np.flatnonzero(np.isin(images.labels, classes.train + (classes.validation or [])))
 
 
 @dataclass(frozen=True)
@@ -193,20 +206,7 @@ def make_split(
         for name, c in (("train", fit_c), ("val", val_c), ("test", test_c))
     }
     classes = {"train": fit_c.tolist(), "val": val_c.tolist(), "test": test_c.tolist()}
-    body = {
-        "dataset": images.dataset,
-        "dataset_fingerprint": images.fingerprint(),
-        "dataset_files": images.files_fingerprint(),
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "classes": classes,
-        "num_images": {k: int(len(v)) for k, v in idx.items()},
-        "num_classes": {k: len(v) for k, v in classes.items()},
-        # a batch takes K images per class: a class with fewer is sampled with replacement
-        "min_images_per_class": {
-            k: int(np.unique(labels[v], return_counts=True)[1].min()) if len(v) else 0 for k, v in idx.items()
-        },
-    }
+    body = _body(images, idx, classes, val_fraction, seed)
     if classes_split != "official":
         body["classes_split"] = classes_split
     if given is not None:
@@ -223,6 +223,79 @@ def make_split(
     body["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     body["overlap"] = {"train_val": [], "train_test": [], "val_test": []}
     return Split(images, idx["train"], idx["val"], idx["test"], body, folds)
+
+
+def _body(
+    images: ImageList, idx: dict[str, np.ndarray], classes: dict, val_fraction: float, seed: int
+) -> dict:
+    """The manifest's description of a split: the data, the classes and images of each role."""
+    labels = images.labels
+    return {
+        "dataset": images.dataset,
+        "dataset_fingerprint": images.fingerprint(),
+        "dataset_files": images.files_fingerprint(),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "classes": classes,
+        "num_images": {k: int(len(v)) for k, v in idx.items()},
+        "num_classes": {k: len(v) for k, v in classes.items()},
+        # a batch takes K images per class: a class with fewer is sampled with replacement
+        "min_images_per_class": {
+            k: int(np.unique(labels[v], return_counts=True)[1].min()) if len(v) else 0 for k, v in idx.items()
+        },
+    }
+
+
+def split_by_roles(
+    images: ImageList,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    val_folds: int = 1,
+    classes_split: str = "given",
+) -> Split:
+    """The split of a list whose splits share classes (``class_disjoint: false``): each image keeps
+    the split its row gives; without validation rows, ``val_fraction`` of the training images'
+    classes (seeded) validate and their training images leave training. The manifest says the
+    split is not class-disjoint, lists the shared classes, and its hash covers every image's role."""
+    assert images.roles is not None
+    if val_folds > 1:
+        raise ConfigError(
+            f"{images.dataset}: class_disjoint: false keeps each image in the split its row gives, and"
+            f" val_folds {val_folds} would draw class folds; set val_folds: 1"
+        )
+    roles, labels = np.asarray(images.roles), images.labels
+    train, val, test = (np.flatnonzero(roles == r) for r in ("train", "validation", "test"))
+    if not len(train) or not len(test):
+        raise DataError(f"{images.dataset}: {len(train)} train and {len(test)} test images; both are needed")
+    validation = "given"
+    if not len(val):
+        train_c = np.unique(labels[train])
+        n_fit, n_val = carve_out(len(train_c), val_fraction)
+        if n_fit < 2:
+            raise ConfigError(
+                f"val_fraction {val_fraction} makes {n_val} of the {len(train_c)} training classes validation"
+                f" classes, leaving {n_fit} to train on; lower val_fraction"
+            )
+        val_c = np.random.default_rng(seed).choice(train_c, size=n_val, replace=False)
+        held = np.isin(labels[train], val_c)
+        train, val, validation = train[~held], train[held], "carved"
+    idx = {"train": train, "val": val, "test": test}
+    classes = {k: np.unique(labels[v]).tolist() for k, v in idx.items()}
+    body = _body(images, idx, classes, val_fraction, seed)
+    body |= {"classes_split": classes_split, "class_disjoint": False, "validation": validation}
+    if validation == "given":
+        body["val_fraction"] = None
+    if images.query is not None:
+        body["protocol"] = test_protocol(images, test)
+    digest = hashlib.sha256("\n".join(roles.tolist()).encode()).hexdigest()[:16]
+    body["roles"] = digest
+    identity = classes | {"roles": digest}
+    body["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    body["overlap"] = {
+        f"{a}_{b}": np.intersect1d(classes[a], classes[b]).tolist()
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+    }
+    return Split(images, train, val, test, body)
 
 
 def test_protocol(images: ImageList, test: np.ndarray) -> dict:
@@ -257,7 +330,10 @@ def write_manifest(split: Split, path: Path) -> None:
 
 
 def check_manifest(manifest: dict) -> None:
-    """Re-check a stored manifest (the evaluation does this before touching test classes)."""
+    """Re-check a stored manifest (the evaluation does this before touching test classes); a split
+    the user declared not class-disjoint (``class_disjoint: false``) is checked by its images' roles."""
+    if manifest.get("class_disjoint") is False:
+        return
     c = {k: set(v) for k, v in manifest["classes"].items()}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         if c[a] & c[b]:

@@ -65,7 +65,10 @@ def verify_dataset(
     images: ImageList = spec.load(root, strict_counts=strict_counts)
     classes = dataset_classes(spec, images, test_fraction, split_seed)
     labels = images.labels
-    test = np.flatnonzero(np.isin(labels, classes.test))
+    if images.roles is not None:  # the data's own split: by row (it may share classes, class_disjoint)
+        test = np.flatnonzero(np.asarray(images.roles) == "test")
+    else:
+        test = np.flatnonzero(np.isin(labels, classes.test))
     scored = test_protocol(images, test) if images.query is not None else {}
     verify_images(images)
     return VerifyReport(
@@ -73,9 +76,9 @@ def verify_dataset(
         root=Path(spec.find_root(root)),
         num_images=len(images),
         num_classes=len(images.classes),
-        train_images=int(np.isin(labels, classes.train + (classes.validation or [])).sum()),
+        train_images=len(images) - len(test),
         test_images=len(test),
-        split=classes.how,
+        split=classes.how if classes.disjoint else f"{classes.how}, classes shared",
         protocol=images.protocol,
         queries=scored.get("queries", 0),
         gallery=scored.get("gallery", 0),

@@ -267,7 +267,7 @@ def manifest_table(cfg: StudyConfig) -> tuple[pd.DataFrame, dict] | None:
             "split": k,
             "classes": m["num_classes"][k],
             "images": m["num_images"][k],
-            "class ids": f"{min(v)}–{max(v)}" if k == "test" else f"{len(v)} ids",
+            "class ids": f"{min(v)}–{max(v)}" if k == "test" and _contiguous(v) else f"{len(v)} ids",
         }
         for k, v in m["classes"].items()
     ]
@@ -303,6 +303,11 @@ def environment() -> pd.DataFrame:
     )
 
 
+def _contiguous(ids: list[int]) -> bool:
+    """A class range such as CUB's 101-200 (a drawn split of the user's classes is not one)."""
+    return bool(ids) and max(ids) - min(ids) + 1 == len(set(ids))
+
+
 def protocol_text(cfg: StudyConfig, test: pd.DataFrame | None = None) -> str:
     """How the test numbers were scored, from the split manifest: leave-one-out or query against
     gallery, with the counts, and NMI's sample when it was clustered on part of the test images."""
@@ -312,6 +317,8 @@ def protocol_text(cfg: StudyConfig, test: pd.DataFrame | None = None) -> str:
     n, c = m["num_images"]["test"], m["num_classes"]["test"]
     split = {"given": " (the split the data gives)", "seeded": f" (drawn with split_seed {cfg.split_seed})"}
     how = split.get(m.get("classes_split", ""), "")
+    if m.get("class_disjoint") is False:
+        how += ", sharing classes with training (class_disjoint: false: retrieval of seen classes)"
     scored = m.get("protocol")
     if scored and scored.get("test") == "query-gallery":
         text = (

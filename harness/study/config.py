@@ -201,6 +201,7 @@ class StudyConfig:
     test_fraction: float = 0.5
     split_seed: int = 0
     split_file: str | None = None  # dataset: folder: each class's split
+    class_disjoint: bool = True  # dataset: csv: false lets the given splits share classes
     image_size: int = 128
     cache_size: int | None = None
     backbone: str = "efficientnet_lite0"
@@ -470,6 +471,7 @@ LATER_PROTOCOL_KEYS = {
     "test_fraction": 0.5,
     "split_seed": 0,
     "split_file": None,
+    "class_disjoint": True,
 }
 
 
@@ -571,6 +573,13 @@ def _check_compared_key(cfg: StudyConfig, source: str) -> None:
         )
 
 
+# config keys only some datasets' loaders take (their ``options``), and why the others do not
+DATASET_OPTIONS = {
+    "split_file": "a CSV gives its split in a split column; the benchmarks have their official one",
+    "class_disjoint": "the benchmarks' official splits are class-disjoint",
+}
+
+
 def _check_sections(raw: dict, source: str) -> None:
     if raw["budget"]["n_trials"] is None and raw["budget"]["timeout"] is None:
         raise ConfigError(f"{source}: budget: set n_trials, timeout (seconds), or both")
@@ -582,11 +591,10 @@ def _check_sections(raw: dict, source: str) -> None:
         )
     if raw["dataset"] not in DATASETS.names():
         raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], DATASETS.names())}")
-    if raw["split_file"] is not None and "split_file" not in DATASETS.get(raw["dataset"]).options:
-        raise ConfigError(
-            f"{source}: split_file applies to dataset: folder, not {raw['dataset']} (a CSV gives its split"
-            " in a split column; the benchmarks have their official one)"
-        )
+    for key, why in DATASET_OPTIONS.items():
+        if raw[key] != DEFAULTS[key] and key not in DATASETS.get(raw["dataset"]).options:
+            takers = ", ".join(n for n in DATASETS.names() if key in DATASETS.get(n).options)
+            raise ConfigError(f"{source}: {key} applies to dataset: {takers}, not {raw['dataset']} ({why})")
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
         raise ConfigError(
             f"{source}: cache_size {raw['cache_size']} < image_size {raw['image_size']}; the cache must"

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.data.cache import load_image_cache
 from harness.data.digests import content
-from harness.data.splits import dataset_classes, make_split, write_manifest
+from harness.data.splits import dataset_classes, make_split, split_by_roles, write_manifest
 from harness.errors import DataError
 from harness.models import create_trunk
 from harness.models.weights import resolve
@@ -80,16 +80,19 @@ def prepare(
     spec = cfg.dataset_spec()
     images = spec.load(resolve_root(cfg, allow_download), strict_counts=cfg.strict_counts)
     classes = dataset_classes(spec, images, cfg.test_fraction, cfg.split_seed)
-    split = make_split(
-        images,
-        classes.train,
-        classes.test,
-        cfg.val_fraction,
-        cfg.seed,
-        cfg.val_folds,
-        classes.validation,
-        classes.how,
-    )
+    if classes.disjoint:
+        split = make_split(
+            images,
+            classes.train,
+            classes.test,
+            cfg.val_fraction,
+            cfg.seed,
+            cfg.val_folds,
+            classes.validation,
+            classes.how,
+        )
+    else:  # class_disjoint: false: each image stays in the split its row gives
+        split = split_by_roles(images, cfg.val_fraction, cfg.seed, cfg.val_folds, classes.how)
     if not cfg.strict_counts or spec.train_classes is None:  # class count known only now
         n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
         check_split(cfg, n_train, cfg.name)

@@ -3,6 +3,7 @@ class (``dataset: folder``), their splits and protocols, and every bad input ref
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +381,64 @@ def test_a_parquet_list_without_pyarrow_names_the_extra(
         DataError, match=r"reading parquet needs pyarrow: pip install 'triplet-harness\[parquet\]'"
     ):
         load(path)
+
+
+# --- splits that share classes: the user's opt-out (class_disjoint: false) -----------------------
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    """8 classes of 4 images: classes 1-4 have two train and two test images (seen-class retrieval),
+    classes 5-8 are train only."""
+    root = make_cub(tmp_path / "four", n_classes=8, per_class=4)
+    cub = get_dataset("cub").load(root, strict_counts=False)
+    frame = pd.DataFrame({"path": [f"images/{p}" for p in cub.paths], "label": cub.labels})
+    nth = frame.groupby("label").cumcount()
+    frame["split"] = np.where((nth >= 2) & (frame["label"] <= 4), "test", "train")
+    return frame, root
+
+
+def test_shared_classes_are_refused_unless_the_user_opts_out(
+    shared: tuple[pd.DataFrame, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.data.splits import check_manifest, split_by_roles
+
+    frame, root = shared
+    path = write(frame, root)
+    msg = one_line(path, capsys)
+    assert "list.csv:4: class 1 is in split 'test' here and in 'train' at" in msg
+    assert msg.endswith("or set class_disjoint: false")
+    spec = get_dataset("csv", class_disjoint=False)
+    images = spec.load(path)
+    classes = dataset_classes(spec, images)
+    assert not classes.disjoint and classes.test == [1, 2, 3, 4]
+    split = split_by_roles(images, val_fraction=0.25, seed=0)
+    m = split.manifest
+    assert m["class_disjoint"] is False and m["validation"] == "carved" and m["num_classes"]["val"] == 2
+    assert set(split.train) | set(split.val) | set(split.test) == set(range(len(images)))
+    assert not set(split.train) & set(split.test) and not set(split.val) & set(split.test)
+    assert set(images.roles[split.test]) == {"test"} and len(split.test) == 8
+    assert m["overlap"]["train_val"] == [] and m["overlap"]["train_test"]  # val classes leave training
+    check_manifest(m)  # a declared opt-out passes the stored-manifest check
+    moved = images.roles.copy()
+    moved[np.flatnonzero(moved == "test")[0]] = "train"  # one image changes split: another split
+    again = split_by_roles(dataclasses.replace(images, roles=moved))
+    assert again.manifest["hash"] != split_by_roles(images).manifest["hash"]
+    assert main(["data", "verify", "--dataset", "csv", "--root", str(path), "--shared-classes"]) == 0
+    assert "24 in train classes, 8 in test classes (given, classes shared split, leave-one-out): OK" in (
+        capsys.readouterr().out
+    )
+
+
+def test_the_opt_out_needs_pairs_within_each_split(shared: tuple[pd.DataFrame, Path]) -> None:
+    frame, root = shared
+    frame.loc[7, "split"] = "train"  # class 2 keeps one test image (its third, line 8)
+    with pytest.raises(DataError, match=r"list.csv:8: class 2 has this one image"):
+        get_dataset("csv", class_disjoint=False).load(write(frame, root))
+
+
+def test_class_disjoint_is_an_option_of_csv_only() -> None:
+    with pytest.raises(ConfigError, match="class_disjoint applies to dataset: csv, not cub"):
+        parse_config({"name": "x", "dataset": "cub", "class_disjoint": False, "budget": {"n_trials": 1}})
+    cfg = parse_config({"name": "x", "dataset": "csv", "class_disjoint": False, "budget": {"n_trials": 1}})
+    assert cfg.dataset_spec().class_disjoint is False

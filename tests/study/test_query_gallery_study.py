@@ -74,3 +74,29 @@ def test_a_query_gallery_study_scores_queries_against_the_gallery(tmp_path: Path
         "scored <b>query against gallery</b>: 20 queries, each ranked against the 40 gallery images" in page
     )
     assert "the split the data gives" in page
+
+
+def test_a_study_whose_splits_share_classes_runs_when_the_user_opts_out(tmp_path: Path) -> None:
+    """class_disjoint: false (seen-class retrieval): each image stays in its row's split through the
+    search and the final evaluation, and the manifest says the split shares classes."""
+    root = make_cub(tmp_path / "data", n_classes=24, per_class=4)
+    cub = get_dataset("cub").load(root, strict_counts=False)
+    frame = pd.DataFrame({"path": [f"images/{p}" for p in cub.paths], "label": cub.labels})
+    frame["split"] = np.where(frame.groupby("label").cumcount() >= 2, "test", "train")  # every class both
+    frame.to_csv(root / "list.csv", index=False)
+    raw = tiny_config(root / "list.csv", tmp_path / "results", n_trials=1) | {"dataset": "csv", "epochs": 1}
+    raw["evaluate"] = {"top_n": 1, "seed": 0, "seeds": 1, "references": False, "export": "none"}
+    path = write(tmp_path, raw)
+    assert main(["study", "run", "--config", str(path)]) == 2  # refused: classes in two splits
+    raw["class_disjoint"] = False
+    path = write(tmp_path, raw)
+    for argv in (["study", "run"], ["evaluate"], ["report"]):
+        assert main([*argv, "--config", str(path)]) == 0
+    study_dir = tmp_path / "results" / NAME
+    page = (study_dir / "report" / "index.html").read_text()
+    assert "sharing classes with training (class_disjoint: false: retrieval of seen classes)" in page
+    manifest = json.loads((study_dir / "split_manifest.json").read_text())
+    assert manifest["class_disjoint"] is False and manifest["num_images"]["test"] == 48
+    assert len(manifest["overlap"]["train_test"]) == 24 - manifest["num_classes"]["val"]
+    test = pd.read_csv(study_dir / "test.csv")
+    assert len(test) == 2 and test["test_recall@1"].between(0, 1).all()  # the baseline and the best

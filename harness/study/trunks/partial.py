@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.data.base import ImageList
-from harness.data.splits import dataset_classes
+from harness.data.splits import training_images
 from harness.errors import DataError
 from harness.models import TrunkInfo
 from harness.models.activations import (
@@ -72,8 +72,7 @@ class PartialTrunk(TrunkMode):
         """Every cut, cached (the missing ones computed in one pass)."""
         cfg = self.cfg
         views, seed = cfg.partial.views, cfg.partial.seed
-        classes = dataset_classes(cfg.dataset_spec(), images, cfg.test_fraction, cfg.split_seed)
-        aug_idx = np.flatnonzero(np.isin(images.labels, classes.train + (classes.validation or [])))
+        aug_idx = training_images(cfg, images)
         precision = bottom_precision(device)
         stems = {
             k: cache_stem(
