@@ -7,6 +7,7 @@ anything is decoded or written.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -68,17 +69,25 @@ def _rows(path: Path) -> tuple[dict[str, list[str]], list[str]]:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             _need_pyarrow(path)
-            frame = pd.read_parquet(path).astype(str)
+            frame = pd.read_parquet(path)
+            frame = frame.apply(lambda column: column.map(_text))
             where = [f"{path} row {i + 1}" for i in range(len(frame))]
         else:
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, skipinitialspace=True)
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, sep=sep, skipinitialspace=True, skip_blank_lines=False
+            )
             where = [f"{path}:{i + 2}" for i in range(len(frame))]  # line 1 is the header
+            blank = (frame.apply(lambda column: column.str.strip()) == "").all(axis=1).to_numpy()
+            frame = frame[~blank]  # a blank line is no row, and the lines after it keep their numbers
+            where = [w for w, b in zip(where, blank) if not b]
     except (ValueError, OSError, ImportError) as e:
-        raise DataError(
-            f"{path}: cannot read it as a table ({str(e).splitlines()[0]}); check the file"
-        ) from e
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read it as a table ({why}); check the file") from e
     frame.columns = [str(c).strip().lower() for c in frame.columns]
+    twice = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column {twice[0]!r} appears twice (names ignore case); keep one")
     for need in ("path", "label"):
         if need not in frame.columns:
             raise DataError(
@@ -89,6 +98,15 @@ def _rows(path: Path) -> tuple[dict[str, list[str]], list[str]]:
         raise DataError(f"{path}: no rows; list one image per row")
     cols = {c: [str(v).strip() for v in frame[c].tolist()] for c in COLUMNS if c in frame.columns}
     return cols, where
+
+
+def _text(value: object) -> str:
+    """A parquet cell as a CSV would read it: a null is empty, an integral float its integer."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _need_pyarrow(path: Path) -> None:
@@ -108,15 +126,18 @@ def listing(
     and turn them into an ImageList of ``dataset`` with images under ``base`` (``folder`` too).
     ``disjoint``: a class in two splits is refused (false: the user's opt-out, class_disjoint)."""
     paths = cols["path"]
-    first: dict[str, int] = {}
+    first: dict[str, int] = {}  # each file by its real path: ./a.jpg, sub/../a.jpg and a link are a.jpg
     for i, p in enumerate(paths):
         if not p:
             raise DataError(f"{where[i]}: empty path")
-        if p in first:
+        real = os.path.realpath(base / p)
+        if real in first:
+            j = first[real]
+            also = "" if paths[j] == p else f" as {paths[j]}"
             raise DataError(
-                f"{where[i]}: {p} is listed twice (first at {where[first[p]]}); list each image once"
+                f"{where[i]}: {p} is listed twice (first at {where[j]}{also}); list each image once"
             )
-        first[p] = i
+        first[real] = i
         if not (base / p).is_file():
             raise DataError(f"{where[i]}: image {base / p} does not exist; fix the path (relative to {base})")
     for i, y in enumerate(cols["label"]):

@@ -86,8 +86,12 @@ class Dataset(ABC):
             download_and_extract(archive, Path(dest))
         return self.find_root(Path(dest))
 
+    @property
+    def where_hint(self) -> str:
+        return f"the {self.name} folder" if self.root_hint == Dataset.root_hint else self.root_hint
+
     def missing_root(self, root: Path, what: str) -> DataError:
         """The error for a root that holds no copy: it does not exist, or lacks ``what``."""
         if not root.exists():
-            return DataError(f"dataset root {root} does not exist; set data_root to the {self.name} folder")
+            return DataError(f"dataset root {root} does not exist; set data_root to {self.where_hint}")
         return DataError(what)

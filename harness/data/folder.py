@@ -57,7 +57,8 @@ class ImageFolder(Dataset):
                 )
             paths += found
             names += [c] * len(found)
-        cols = {"path": paths, "label": [str(classes.index(n) + 1) for n in names]}
+        ids = {c: str(i) for i, c in enumerate(classes, start=1)}
+        cols = {"path": paths, "label": [ids[n] for n in names]}
         if self.split_file:
             split = self._split(root, classes)
             cols["split"] = [split[n] for n in names]
@@ -94,10 +95,28 @@ class ImageFolder(Dataset):
         return out
 
 
+def _within(path: str, inside: str) -> bool:
+    return (os.path.realpath(path) + os.sep).startswith(inside)
+
+
 def _images(folder: Path, root: Path) -> list[str]:
     out = []
+    inside = os.path.realpath(root) + os.sep
+    seen: set[str] = set()  # real folders walked: a link cycle outside the dataset is walked once
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        # a linked folder is followed when it leads out of the dataset (images on another disk), not
+        # when it leads back into it (another class's images, or a loop)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and not (os.path.islink(os.path.join(dirpath, d)) and _within(os.path.join(dirpath, d), inside))
+        ]
         for f in filenames:
             if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES):
                 out.append(str((Path(dirpath) / f).relative_to(root)))

@@ -146,11 +146,6 @@ def make_split(
     present = set(images.classes.tolist())
     train_c = np.array(sorted(c for c in train_classes if c in present), dtype=np.int64)
     test_c = np.array(sorted(c for c in test_classes if c in present), dtype=np.int64)
-    if len(train_c) < 4 or len(test_c) < 2:
-        raise DataError(
-            f"{images.dataset}: only {len(train_c)} train and {len(test_c)} test classes present;"
-            " the dataset copy is incomplete"
-        )
     rng = np.random.default_rng(seed)
     folds: tuple[np.ndarray, ...] = ()
     given = None if val_classes is None else np.array(sorted(c for c in val_classes if c in present))
@@ -165,6 +160,11 @@ def make_split(
                 f"{images.dataset}: the validation split has {len(given)} class; it needs at least 2"
             )
         train_c = np.union1d(train_c, given)
+    if len(train_c) < 4 or len(test_c) < 2:
+        raise DataError(
+            f"{images.dataset}: only {len(train_c)} train and {len(test_c)} test classes present; a split"
+            " needs at least 4 and 2 (an incomplete copy, or a test_fraction that leaves too few)"
+        )
     if val_folds > 1:
         if len(train_c) // val_folds < 2:
             raise ConfigError(
@@ -179,6 +179,11 @@ def make_split(
             carve_out(len(train_c), val_fraction)
             if not folds
             else (len(train_c) - len(folds[0]), len(folds[0]))
+        )
+    if n_fit < 2 and given is not None:
+        raise DataError(
+            f"{images.dataset}: the validation split holds {n_val} of the {len(train_c)} training classes,"
+            f" leaving {n_fit} to train on; move classes from validation to train"
         )
     if n_fit < 2:
         raise ConfigError(
@@ -287,7 +292,8 @@ def split_by_roles(
         body["val_fraction"] = None
     if images.query is not None:
         body["protocol"] = test_protocol(images, test)
-    digest = hashlib.sha256("\n".join(roles.tolist()).encode()).hexdigest()[:16]
+    rows = (f"{path}\t{role}" for path, role in zip(images.paths, roles.tolist()))
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
     body["roles"] = digest
     identity = classes | {"roles": digest}
     body["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -330,8 +336,9 @@ def write_manifest(split: Split, path: Path) -> None:
 
 
 def check_manifest(manifest: dict) -> None:
-    """Re-check a stored manifest (the evaluation does this before touching test classes); a split
-    the user declared not class-disjoint (``class_disjoint: false``) is checked by its images' roles."""
+    """Re-check a stored manifest (the evaluation does this before touching test classes). A split the
+    user declared not class-disjoint (``class_disjoint: false``) shares classes by design: its hash,
+    over every image's split, is what the evaluation compares."""
     if manifest.get("class_disjoint") is False:
         return
     c = {k: set(v) for k, v in manifest["classes"].items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -607,6 +608,11 @@ def _check_sections(raw: dict, source: str) -> None:
             " file store is in maintenance mode and refuses new runs); use sqlite:///PATH/mlflow.db,"
             " postgresql://..., an http(s):// tracking server, or null for results/mlflow.db"
         )
+    if raw["evaluate"]["knn"] == "faiss" and importlib.util.find_spec("faiss") is None:
+        raise ConfigError(
+            f"{source}: evaluate.knn: faiss, but faiss is not installed; pip install faiss-cpu (or"
+            " 'triplet-harness[faiss]'), or set evaluate.knn: torch (the same neighbours)"
+        )
     if float(raw["evaluate"]["reference_margin"]) <= 0:
         raise ConfigError(
             f"{source}: evaluate.reference_margin: {raw['evaluate']['reference_margin']} is not > 0;"
@@ -649,6 +655,17 @@ def _check_range(spec: Range, where: str) -> None:
         raise ConfigError(
             f"{where}: step and log cannot be combined (Optuna samples a log range without a"
             " step); drop one of them"
+        )
+
+
+def check_batch(cfg: StudyConfig, n_fit: int, where: str) -> None:
+    """With the validation split the data gives, the classes left to train on must fill the widest
+    batch (P classes)."""
+    widest = int(max(cfg.search_space.values("batch_p")))
+    if n_fit < widest:
+        raise ConfigError(
+            f"{where}: the data's train split has {n_fit} classes (its validation split is given), but"
+            f" search_space.batch_p reaches {widest}; lower batch_p to at most {n_fit}"
         )
 
 

@@ -22,7 +22,7 @@ from harness.models import create_trunk
 from harness.models.weights import resolve
 from harness.params import TrialParams
 from harness.study.arms import arm_configs
-from harness.study.config import StudyConfig, check_split, config_warnings
+from harness.study.config import StudyConfig, check_batch, check_split, config_warnings
 from harness.study.guard import refuse_changed, store_content, store_weights
 from harness.study.trunks import Prepared, TrunkPool, get_trunk
 from harness.training import Source
@@ -93,7 +93,9 @@ def prepare(
         )
     else:  # class_disjoint: false: each image stays in the split its row gives
         split = split_by_roles(images, cfg.val_fraction, cfg.seed, cfg.val_folds, classes.how)
-    if not cfg.strict_counts or spec.train_classes is None:  # class count known only now
+    if split.manifest.get("validation") == "given":  # the data's validation: no carve-out to size
+        check_batch(cfg, len(split.manifest["classes"]["train"]), cfg.name)
+    elif not cfg.strict_counts or spec.train_classes is None:  # class count known only now
         n_train = len(split.manifest["classes"]["train"]) + len(split.manifest["classes"]["val"])
         check_split(cfg, n_train, cfg.name)
     mode = get_trunk(cfg)

@@ -55,7 +55,7 @@ from harness.models.export import ONNX, export_model
 from harness.models.weights import WEIGHTS_COLUMNS, weights_columns, weights_params
 from harness.params import TrialParams, defaults
 from harness.progress import Progress, duration
-from harness.study.config import StudyConfig
+from harness.study.config import Evaluate, StudyConfig
 from harness.study.data import (
     Prepared,
     Resident,
@@ -286,16 +286,23 @@ class Evaluator:
             self._pool = self.prep.mode.pool(self.device)
         return self._pool
 
+    def identity(self, unit: Unit) -> dict[str, Any]:
+        """What a stored run must match to be reused: the unit's identity, and NMI's sample bound
+        when it is not the default (so a bound set later re-scores, and older runs stay reused)."""
+        out = unit.identity(self.uid, self.split)
+        bound = self.cfg.evaluate.nmi_max_images
+        return out if bound == Evaluate().nmi_max_images else out | {"nmi_max_images": bound}
+
     def path(self, unit: Unit) -> Path:
         """One file per run, named by what it ran (not by its rank, which changes as trials come in)."""
-        body = json.dumps(unit.identity(self.uid, self.split), sort_keys=True)
+        body = json.dumps(self.identity(unit), sort_keys=True)
         return self.dir / f"run-{hashlib.sha256(body.encode()).hexdigest()[:16]}.npz"
 
     def stored(self, unit: Unit) -> tuple[dict, dict[str, np.ndarray]] | None:
         """A unit's stored row and per-query scores, if they are of this exact unit."""
         try:
             with np.load(self.path(unit)) as z:
-                if json.loads(str(z["identity"])) != unit.identity(self.uid, self.split):
+                if json.loads(str(z["identity"])) != self.identity(unit):
                     return None
                 row = json.loads(str(z["row"]))
                 q = {k.removeprefix("q/"): z[k] for k in z.files if k.startswith("q/")}
@@ -491,7 +498,7 @@ class Evaluator:
         """Identity, row and per-query scores in one file, written whole (temp file, then rename)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays = {f"q/{k}": v for k, v in q.items()}
-        arrays["identity"] = np.array(json.dumps(unit.identity(self.uid, self.split)))
+        arrays["identity"] = np.array(json.dumps(self.identity(unit)))
         arrays["row"] = np.array(json.dumps(row, default=_json_default))
         with written_whole(self.path(unit)) as tmp:
             np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]

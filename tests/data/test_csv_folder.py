@@ -442,3 +442,96 @@ def test_class_disjoint_is_an_option_of_csv_only() -> None:
         parse_config({"name": "x", "dataset": "cub", "class_disjoint": False, "budget": {"n_trials": 1}})
     cfg = parse_config({"name": "x", "dataset": "csv", "class_disjoint": False, "budget": {"n_trials": 1}})
     assert cfg.dataset_spec().class_disjoint is False
+
+
+# --- review: the same file under two names, blank lines, parquet cells, columns, batch and faiss ---
+
+
+def test_the_same_image_under_another_name_is_a_duplicate(listed: pd.DataFrame, cub_root: Path) -> None:
+    frame = listed.copy()
+    frame.loc[6, "path"] = "./" + frame.loc[0, "path"]  # line 8: line 2's image again
+    with pytest.raises(
+        DataError, match=r"list.csv:8: \./images/001.* is listed twice \(first at .*list.csv:2 as"
+    ):
+        load(write(frame, cub_root))
+
+
+def test_a_blank_line_keeps_the_line_numbers_of_the_rows_after_it(
+    listed: pd.DataFrame, cub_root: Path
+) -> None:
+    lines = write(listed, cub_root).read_text().splitlines()
+    lines.insert(3, "")  # after line 3
+    lines[8] = lines[8].replace(".jpg", "-gone.jpg")  # now line 9
+    (cub_root / "list.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"list.csv:9: image .*-gone.jpg does not exist"):
+        load(cub_root / "list.csv")
+
+
+def test_parquet_nulls_and_integral_floats_read_as_a_csv_would(listed: pd.DataFrame, cub_root: Path) -> None:
+    frame = listed.assign(label=listed["label"].astype(float), is_query=[None] * len(listed))
+    frame.loc[0, "is_query"] = True
+    images = get_dataset("csv").load(write(frame, cub_root, "list.parquet"))
+    assert images.labels.tolist() == listed["label"].tolist()  # 1.0 is class 1, not a name
+    assert images.query is not None and images.query.sum() == 1  # a null flag is false
+    frame.loc[3, "label"] = None
+    with pytest.raises(DataError, match="list.parquet row 4: empty label"):
+        get_dataset("csv").load(write(frame, cub_root, "list.parquet"))
+
+
+def test_a_column_twice_is_refused(listed: pd.DataFrame, cub_root: Path) -> None:
+    frame = listed.assign(Label=listed["label"])
+    with pytest.raises(DataError, match="column 'label' appears twice"):
+        load(write(frame, cub_root))
+
+
+def test_a_given_validation_split_must_leave_classes_for_the_widest_batch(
+    listed: pd.DataFrame, cub_root: Path, tmp_path: Path
+) -> None:
+    from harness.study.data import prepare
+
+    listed["split"] = np.select([listed["label"] <= 3, listed["label"] <= 6], ["train", "validation"], "test")
+    raw = {
+        "name": "own",
+        "dataset": "csv",
+        "data_root": str(write(listed, cub_root)),
+        "image_size": 32,
+        "results_dir": str(tmp_path / "r"),
+        "backbone": "test_efficientnet",
+        "pretrained": False,
+        "budget": {"n_trials": 1},
+        "search_space": {"batch_p": {"choices": [2, 4]}},
+    }
+    with pytest.raises(
+        ConfigError, match="train split has 3 classes .*batch_p reaches 4; lower batch_p to at most 3"
+    ):
+        prepare(parse_config(raw))
+
+
+def test_knn_faiss_without_faiss_is_refused_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError, match="evaluate.knn: faiss, but faiss is not installed; pip install faiss-cpu"
+    ):
+        parse_config({"name": "x", "dataset": "cub", "budget": {"n_trials": 1}, "evaluate": {"knn": "faiss"}})
+
+
+def test_a_linked_folder_is_followed_out_of_the_dataset_not_back_into_it(
+    folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "classes"
+    shutil.copytree(folder, root)
+    first = sorted(root.iterdir())[0]
+    (first / "loop").symlink_to(root, target_is_directory=True)  # back into the dataset: not followed
+    outside = tmp_path / "more"
+    outside.mkdir()
+    shutil.copy(next(first.glob("*.jpg")), outside / "elsewhere.jpg")
+    (first / "more").symlink_to(outside, target_is_directory=True)  # out of it: followed
+    images = get_dataset("folder").load(root)
+    assert len(images) == 3 * N_CLASSES + 1 and f"{first.name}/more/elsewhere.jpg" in images.paths
