@@ -138,3 +138,13 @@ def read_table(path: Path, ncols: int, what: str, numbered: bool = False) -> lis
             )
         rows.append((lineno, parts) if numbered else parts)
     return rows
+
+
+def parse_id(text: str, path: Path, line: int) -> int:
+    """An integer id of an official metadata file; anything else is corruption, named by file:line."""
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(
+            f"{path}:{line}: {text!r} is not an id; the file is corrupt, re-extract the dataset"
+        ) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import ImageList, read_table
+from harness.data.base import ImageList, parse_id, read_table
 from harness.data.dataset import Dataset, Listing
 from harness.data.download import Archive
 from harness.errors import DataError
@@ -54,7 +54,7 @@ class CUB200(Dataset):
         images = _ids(root / "images.txt", "image id -> file list")
         labels = _ids(root / "image_class_labels.txt", "image id -> class id")
         classes = _ids(root / "classes.txt", "class id -> class name")
-        by_id = {i: _int(c, root / "image_class_labels.txt", line) for i, c, line in labels}
+        by_id = {i: parse_id(c, root / "image_class_labels.txt", line) for i, c, line in labels}
         class_ids = {i for i, _, _ in classes}
         extra = sorted(set(by_id) - {i for i, _, _ in images})
         if extra:
@@ -89,21 +89,12 @@ class CUB200(Dataset):
         return Listing(listed, len(classes), "classes.txt", root / "images.txt")
 
 
-def _int(text: str, path: Path, line: int) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(
-            f"{path}:{line}: {text!r} is not an id; the file is corrupt, re-extract the dataset"
-        ) from None
-
-
 def _ids(path: Path, what: str) -> list[tuple[int, str, int]]:
     """(id, value, line) per row of an official ``<id> <value>`` file; a repeated id is an error."""
     out: list[tuple[int, str, int]] = []
     first: dict[int, int] = {}
     for line, (key, value) in read_table(path, 2, what, numbered=True):
-        i = _int(key, path, line)
+        i = parse_id(key, path, line)
         if i in first:
             raise DataError(
                 f"{path}:{line}: id {i} is listed twice (first on line {first[i]}); the file is corrupt,"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.base import ImageList, read_table
+from harness.data.base import ImageList, parse_id, read_table
 from harness.data.dataset import Dataset, Listing
 from harness.data.download import Archive
 from harness.errors import DataError
@@ -151,15 +151,12 @@ def _rows(path: Path) -> list[tuple[int, int, int, int, str]]:
                 " corrupt, re-extract the dataset"
             )
         out.append(
-            (line, _int(image_id, path, line), _int(class_id, path, line), _int(super_id, path, line), rel)
+            (
+                line,
+                parse_id(image_id, path, line),
+                parse_id(class_id, path, line),
+                parse_id(super_id, path, line),
+                rel,
+            )
         )
     return out
-
-
-def _int(text: str, path: Path, line: int) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(
-            f"{path}:{line}: {text!r} is not an id; the file is corrupt, re-extract the dataset"
-        ) from None
