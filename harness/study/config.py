@@ -737,6 +737,13 @@ def config_warnings(cfg: StudyConfig, manifest: dict | None = None) -> list[str]
                 f" batch's P classes, and at least {MIN_VAL_CLASSES}): validation R@1 over so few classes is"
                 " noisy, and it ranks the trials; lower val_folds"
             )
+    set_draw = [k for k in ("test_fraction", "split_seed") if cfg.user.get(k, DEFAULTS[k]) != DEFAULTS[k]]
+    how = str((manifest or {}).get("classes_split", "official"))
+    if set_draw and manifest and how != "seeded":
+        out.append(
+            f"{' and '.join(set_draw)} draw the test classes of a dataset without a split, but this one's"
+            f" split is {how}: the setting does nothing"
+        )
     n = cfg.budget.n_trials
     if not cfg.search_space.searched() and (n is None or n > 1):
         out.append(

@@ -535,3 +535,16 @@ def test_a_linked_folder_is_followed_out_of_the_dataset_not_back_into_it(
     (first / "more").symlink_to(outside, target_is_directory=True)  # out of it: followed
     images = get_dataset("folder").load(root)
     assert len(images) == 3 * N_CLASSES + 1 and f"{first.name}/more/elsewhere.jpg" in images.paths
+
+
+def test_a_draw_setting_on_a_dataset_with_its_own_split_is_warned_about() -> None:
+    from harness.study.config import config_warnings
+
+    cfg = parse_config({"name": "x", "dataset": "cub", "test_fraction": 0.3, "budget": {"n_trials": 1}})
+    assert any(
+        "test_fraction draw the test classes" in w and "split is official" in w
+        for w in config_warnings(cfg, {"classes": {}})
+    )
+    own = parse_config({"name": "x", "dataset": "csv", "split_seed": 2, "budget": {"n_trials": 1}})
+    assert any("split is given" in w for w in config_warnings(own, {"classes_split": "given"}))
+    assert not any("draw the test classes" in w for w in config_warnings(own, {"classes_split": "seeded"}))
