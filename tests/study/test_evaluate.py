@@ -101,14 +101,22 @@ def test_evaluate_top_n_holds_distinct_configs(data_root: Path, tmp_path: Path) 
 
 def test_an_evaluation_result_is_named_by_what_ran_not_by_its_rank(tmp_path: Path) -> None:
     from harness.params import TrialParams
+    from harness.study import parse_config
     from harness.study.final import Evaluator, Unit
 
     ev = object.__new__(Evaluator)
     ev.uid, ev.split, ev.dir = "u1", "s1", tmp_path
+    ev.cfg = parse_config({"name": "x", "dataset": "cub", "budget": {"n_trials": 1}})
     p = TrialParams(0.2, 8, 4, "cosine", "semihard", 1e-4, 128)
     first = Unit("top1-s0", "trial 7", "top", 1, 7, 7, 0.5, p, 8, 0)
     later = Unit("top2-s0", "trial 7", "top", 2, 7, 7, 0.5, p, 8, 0)  # a better trial came in
     assert ev.path(first) == ev.path(later)
+    default = ev.path(first)
+    ev.cfg = parse_config(
+        {"name": "x", "dataset": "cub", "budget": {"n_trials": 1}, "evaluate": {"nmi_max_images": 50}}
+    )
+    assert ev.path(first) != default  # another NMI sample bound: another result
+    ev.cfg = parse_config({"name": "x", "dataset": "cub", "budget": {"n_trials": 1}})
     ev._store(first, {"test_recall@1": 0.3, "rank": 1}, {"recall@1": np.ones(3)})
     row, q = ev.stored(later)
     assert row["rank"] == 2 and row["test_recall@1"] == 0.3 and q["recall@1"].shape == (3,)
