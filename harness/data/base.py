@@ -63,10 +63,6 @@ class ImageList:
         """The images of the given classes, order kept."""
         keep = np.isin(self.labels, np.asarray(class_ids))
         idx = np.flatnonzero(keep)
-        return self.take(idx)
-
-    def take(self, idx: np.ndarray) -> ImageList:
-        """The images at positions ``idx``, with every per-image array."""
         extra = {n: None if getattr(self, n) is None else getattr(self, n)[idx].copy() for n in OPTIONAL}
         return ImageList(
             dataset=self.dataset,

@@ -112,11 +112,6 @@ class Split:
     def labels(self, idx: np.ndarray) -> np.ndarray:
         return self.images.labels[idx]
 
-    @property
-    def protocol(self) -> str:
-        """How the test classes are scored (``leave-one-out`` or ``query-gallery``)."""
-        return self.images.protocol
-
     def test_masks(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(query, gallery) flags of the test images, or (None, None) for leave-one-out."""
         if self.images.query is None or self.images.gallery is None:

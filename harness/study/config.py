@@ -594,7 +594,9 @@ def _check_sections(raw: dict, source: str) -> None:
         raise ConfigError(f"{source}: {unknown_name('dataset', raw['dataset'], DATASETS.names())}")
     for key, why in DATASET_OPTIONS.items():
         if raw[key] != DEFAULTS[key] and key not in DATASETS.get(raw["dataset"]).options:
-            takers = ", ".join(n for n in DATASETS.names() if key in DATASETS.get(n).options)
+            from harness.data import dataset_taking
+
+            takers = ", ".join(dataset_taking(key))
             raise ConfigError(f"{source}: {key} applies to dataset: {takers}, not {raw['dataset']} ({why})")
     if raw["cache_size"] is not None and raw["cache_size"] < raw["image_size"]:
         raise ConfigError(

@@ -448,6 +448,10 @@ class Evaluator:
         them (``np.load``: ``embeddings`` [N, D] float32, ``labels`` [N], ``paths`` [N], ``distance``; a
         query-gallery dataset's ``is_query`` and ``is_gallery`` [N] too)."""
         test = self.prep.split.test
+        query, gallery = self.prep.split.test_masks()
+        flags: dict[str, Any] = (
+            {} if query is None or gallery is None else {"is_query": query, "is_gallery": gallery}
+        )
         path = self.embeddings_path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(path) as tmp:
@@ -456,7 +460,7 @@ class Evaluator:
                 embeddings=emb.numpy().astype(np.float32),
                 labels=np.asarray(self.prep.images.labels)[test],
                 paths=np.asarray([self.prep.images.paths[i] for i in test]),
-                **{f"is_{k}": self.protocol[k] for k in ("query", "gallery") if self.protocol[k] is not None},
+                **flags,
                 distance=np.array(distance),
                 config=np.array(unit.label),
                 seed=np.array(unit.seed),

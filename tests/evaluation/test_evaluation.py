@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import pml_accuracy
 
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluation import knn, retrieval_metrics
@@ -125,21 +126,12 @@ def test_retrieval_metrics_match_brute_force(distance: str) -> None:
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 def test_retrieval_metrics_match_pytorch_metric_learning(distance: str) -> None:
-    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import CustomKNN
-
     torch.manual_seed(2)
     labels = torch.from_numpy(_labels_with_singleton(np.random.default_rng(2), n=80, classes=9))
     x = torch.nn.functional.normalize(torch.randn(80, 16), dim=1)
-    pml_distance = CosineSimilarity() if distance == "cosine" else LpDistance()
-    calc = AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
-        k="max_bin_count",
-        device=torch.device("cpu"),
-        knn_func=CustomKNN(pml_distance),
-    )
-    pml = calc.get_accuracy(x, labels)  # reference omitted: leave-one-out over the query set
+    pml = pml_accuracy(distance).get_accuracy(
+        x, labels
+    )  # reference omitted: leave-one-out over the query set
     got = retrieval_metrics(x, labels, distance=distance, nmi=False)
     assert got["recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
     assert got["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from oracles import pml_accuracy
 from retrieval_oracles import brute_neighbours, brute_per_query
 
 from harness.errors import ConfigError, DataError
@@ -132,22 +133,9 @@ def test_bad_masks_and_empty_retrieval_raise_one_line() -> None:
 
 
 def _pml(query, query_labels, reference, reference_labels, ref_includes_query: bool, distance: str) -> dict:
-    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import CustomKNN
-
-    measure = {
-        "cosine": CosineSimilarity(),
-        "euclidean": LpDistance(),
-        "squared_euclidean": LpDistance(power=2),
-    }
-    calc = AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
-        k="max_bin_count",
-        device=torch.device("cpu"),
-        knn_func=CustomKNN(measure[distance]),
+    return pml_accuracy(distance).get_accuracy(
+        query, query_labels, reference, reference_labels, ref_includes_query
     )
-    return calc.get_accuracy(query, query_labels, reference, reference_labels, ref_includes_query)
 
 
 @pytest.mark.parametrize("distance", DISTANCES)

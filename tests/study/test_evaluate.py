@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from helpers import NAME, config, study_file, write
 from mlflow.tracking import MlflowClient
+from oracles import pml_accuracy
 from processes import patience
 
 from harness.cli import main
@@ -130,9 +131,6 @@ def test_saved_test_embeddings_re_scored_by_pml_agree(cub: Path, tmp_path: Path)
     import json
 
     import torch
-    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import CustomKNN
 
     path = study_file(cub, tmp_path, evaluate={"top_n": 1, "seed": 0, "seeds": 2, "references": False})
     assert main(["study", "run", "--config", str(path)]) == 0
@@ -146,14 +144,7 @@ def test_saved_test_embeddings_re_scored_by_pml_agree(cub: Path, tmp_path: Path)
         x, labels = torch.from_numpy(emb["embeddings"]), torch.from_numpy(emb["labels"])
         assert len(emb["paths"]) == len(labels) == x.shape[0] and str(emb["paths"][0]).endswith(".jpg")
         assert set(np.unique(emb["labels"])) <= set(range(101, 201))  # test classes only
-        distance = CosineSimilarity() if str(emb["distance"]) == "cosine" else LpDistance(power=1)
-        calc = AccuracyCalculator(
-            include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
-            k="max_bin_count",
-            device=torch.device("cpu"),
-            knn_func=CustomKNN(distance),
-        )
-        pml = calc.get_accuracy(x, labels)
+        pml = pml_accuracy(str(emb["distance"])).get_accuracy(x, labels)
         assert row["test_recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
         assert row["test_map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
         assert row["test_r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)

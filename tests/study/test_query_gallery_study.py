@@ -13,6 +13,7 @@ import pytest
 import torch
 from fixtures import make_cub
 from helpers import NAME, tiny_config, write
+from oracles import pml_accuracy
 
 from harness.cli import main
 from harness.data import get_dataset
@@ -34,10 +35,6 @@ def listed(root: Path) -> Path:
 
 
 def test_a_query_gallery_study_scores_queries_against_the_gallery(tmp_path: Path) -> None:
-    from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import CustomKNN
-
     data = listed(make_cub(tmp_path / "data", n_classes=40, per_class=3))
     raw = tiny_config(data, tmp_path / "results", n_trials=2) | {"dataset": "csv", "epochs": 1}
     raw["evaluate"] = {"top_n": 1, "seed": 0, "seeds": 1, "references": False}
@@ -57,14 +54,7 @@ def test_a_query_gallery_study_scores_queries_against_the_gallery(tmp_path: Path
     q, g = emb["is_query"], emb["is_gallery"]
     assert q.sum() == 20 and g.sum() == 40 and not (q & g).any()
     x, y = torch.from_numpy(emb["embeddings"]), torch.from_numpy(emb["labels"])
-    distance = CosineSimilarity() if str(emb["distance"]) == "cosine" else LpDistance(power=1)
-    calc = AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
-        k="max_bin_count",
-        device=torch.device("cpu"),
-        knn_func=CustomKNN(distance),
-    )
-    pml = calc.get_accuracy(x[q], y[q], x[g], y[g], ref_includes_query=False)
+    pml = pml_accuracy(str(emb["distance"])).get_accuracy(x[q], y[q], x[g], y[g], ref_includes_query=False)
     assert row["test_recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
     assert row["test_map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
     assert row["test_r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
