@@ -17,7 +17,7 @@ wildcard_constraints:
     study="|".join(STUDIES) or "none",
     worker=r"\d+",
     shard=r"\d+",
-    arm=r"[A-Za-z0-9_.-]+",
+    arm=r"[A-Za-z0-9_.-]+(@r[0-9]+)?",
     names=r"[A-Za-z0-9_.+-]+",
 
 

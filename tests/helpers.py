@@ -10,10 +10,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from processes import patience, run_group
+
+if TYPE_CHECKING:
+    import optuna
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # the real datasets (../shared/data), where this checkout has them
@@ -225,3 +229,26 @@ def finished(data_root: Path, tmp_path: Path, n_trials: int) -> tuple[dict, Path
     path = write(tmp_path, raw)
     assert main(["study", "run", "--config", str(path)]) == 0
     return raw, path
+
+
+# --- a study's draws, counted from its journal ---------------------------------------------------
+
+
+def by_draw(study: optuna.Study) -> dict[int, tuple]:
+    """Each finished draw: (params, state, value), keyed by its draw index. Counted here from the
+    journal, independently of the harness: a fresh trial's index is the number of fresh trials before
+    it; a retry (``failed_trial`` set) finishes the draw of the trial its chain started from."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    fresh = [t.number for t in trials if "failed_trial" not in t.system_attrs]
+    out: dict[int, tuple] = {}
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            draw = fresh.index(int(t.system_attrs.get("failed_trial", t.number)))
+            out[draw] = (tuple(sorted(t.params.items())), t.state, t.value, t.user_attrs["seed"])
+    return out
+
+
+def retried(study: optuna.Study) -> list[int]:
+    return [t.number for t in study.get_trials(deepcopy=False) if "failed_trial" in t.system_attrs]

@@ -19,6 +19,7 @@ from harness.report.tables import (
     final_table,
     manifest_table,
     model_out_text,
+    param_columns,
     protocol_text,
     this_incarnation,
     trials_frame,
@@ -41,7 +42,14 @@ class ComparisonData:
     test: pd.DataFrame | None
     comparisons: pd.DataFrame | None
     arms: pd.DataFrame | None  # what each arm spent
+    searches: pd.DataFrame | None = None  # each search (arm x repeat): its choice, val and test R@1
+    agreement: pd.DataFrame | None = None  # validation vs test rank correlations
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def repeated(self) -> bool:
+        """Each arm searched more than once: intervals and tests cover the search."""
+        return self.cfg.search_repeats > 1
 
     @property
     def arm_names(self) -> list[str]:
@@ -55,14 +63,15 @@ def load_comparison(cfg: StudyConfig) -> ComparisonData:
     arm_uids = {}
     for a in arm_configs(cfg):
         study = load_study(a)
-        arm_uids[str(a.arm)] = study_uid(study)
+        arm_uids[str(a.unit)] = study_uid(study)
         if study.user_attrs.get("parent_uid") not in (None, uid):
-            notes.append(f"arm {a.arm} belongs to an earlier incarnation of {cfg.name}; left out")
+            notes.append(f"arm {a.unit} belongs to an earlier incarnation of {cfg.name}; left out")
             continue
         try:
-            frames.append(trials_frame(study, a).assign(arm=a.arm))
+            frame = trials_frame(study, a).assign(arm=a.arm)
+            frames.append(frame.assign(search=a.unit) if cfg.search_repeats > 1 else frame)
         except HarnessError:
-            notes.append(f"arm {a.arm} has no trials yet")
+            notes.append(f"arm {a.unit} has no trials yet")
     if not frames:
         raise HarnessError(f"comparison {cfg.name!r} has no trials in any arm; run the study first")
     trials = pd.concat(frames, ignore_index=True)
@@ -74,24 +83,28 @@ def load_comparison(cfg: StudyConfig) -> ComparisonData:
     test = this_incarnation(cfg.study_dir / "test.csv", uid, notes)
     comp = this_incarnation(cfg.study_dir / "comparisons.csv", uid, notes)
     arms = this_incarnation(cfg.study_dir / "arms.csv", uid, notes)
-    stale = _stale_arms(test, arm_uids)
+    searches = this_incarnation(cfg.study_dir / "searches.csv", uid, notes)
+    agreement = this_incarnation(cfg.study_dir / "agreement.csv", uid, notes)
+    stale = _stale_arms(searches if searches is not None and "unit" in searches else test, arm_uids)
     if stale:  # its pairs and Holm families were computed with another incarnation of these arms
         notes.append(
             f"the evaluation in {cfg.study_dir / 'test.csv'} used an earlier incarnation of arm(s)"
             f" {', '.join(stale)} (re-created since), so it is left out: run 'harness evaluate' for this"
             " study (the other arms' runs are stored and reused)"
         )
-        test = comp = arms = None
-    return ComparisonData(cfg, uid, trials, test, comp, arms, notes)
+        test = comp = arms = searches = agreement = None
+    return ComparisonData(cfg, uid, trials, test, comp, arms, searches, agreement, notes)
 
 
 def _stale_arms(test: pd.DataFrame | None, arm_uids: dict[str, str]) -> list[str]:
-    """Arms whose row in test.csv names another arm uid than the arm's study now has (a test.csv
-    written before arm uids were recorded cannot tell, and is taken as it is)."""
+    """Arms (searches) whose row in searches.csv (or test.csv) names another arm uid than the arm's
+    study now has (a test.csv written before arm uids were recorded cannot tell, and is taken as it
+    is)."""
     if test is None or "arm_uid" not in test:
         return []
-    rows = test[test["kind"] == "arm"]
-    found = dict(zip(rows["arm"].astype(str), rows["arm_uid"].astype(str), strict=True))
+    rows = test[test["kind"] == "arm"] if "kind" in test else test
+    names = rows["unit"] if "unit" in rows else rows["arm"]
+    found = dict(zip(names.astype(str), rows["arm_uid"].astype(str), strict=True))
     return [arm for arm, uid in arm_uids.items() if arm in found and found[arm] != uid]
 
 
@@ -122,16 +135,38 @@ def verdict(d: ComparisonData) -> str:
     if not tied:
         body = f"; it is distinguishable from every other arm (Holm-adjusted p &lt; {ALPHA})"
     elif not beaten:
-        body = (
-            f"; no strategy is distinguishable from {name} at the 95 % level (Holm-adjusted paired t over"
-            f" {int(best['n_seeds'])} seeds)"
-        )
+        body = f"; no strategy is distinguishable from {name} at the 95 % level ({_tested(d, best)})"
     else:
         body = (
             f"; it is distinguishable from {_names(beaten)} (Holm-adjusted p &lt; {ALPHA}), not from"
             f" {_names(tied)}"
         )
-    return head + body + "." + _against_baseline(d, r1)
+    return head + body + "." + _against_baseline(d, r1) + _rank_first(d)
+
+
+def _tested(d: ComparisonData, best: pd.Series) -> str:
+    if d.repeated:
+        return (
+            f"Holm-adjusted t over {d.cfg.search_repeats} searches x {int(best['n_seeds'])} seeds per arm,"
+            " the search's own variance included"
+        )
+    return f"Holm-adjusted paired t over {int(best['n_seeds'])} seeds"
+
+
+def _rank_first(d: ComparisonData) -> str:
+    """With search repeats: how often each arm would come out first in a re-run of the protocol."""
+    if d.test is None or "p_rank1" not in d.test:
+        return ""
+    arms = d.test[d.test["kind"] == "arm"].sort_values("p_rank1", ascending=False)
+    top = [
+        f"<b>{html.escape(str(r['config']))}</b> {r['p_rank1']:.0%}"
+        for _, r in arms.iterrows()
+        if r["p_rank1"] >= 0.05
+    ]
+    return (
+        f" Run again (new searches, new seeds), the arm first on test R@1 would be: {', '.join(top)}"
+        " (P(rank 1), a parametric bootstrap of the fitted variance components)."
+    )
 
 
 def _against_baseline(d: ComparisonData, r1: pd.DataFrame) -> str:
@@ -187,6 +222,27 @@ def arm_table(test: pd.DataFrame) -> pd.DataFrame:
     ):
         out[name] = [with_ci(r, m) for _, r in ordered.iterrows()]
     out["val R@1"] = ["–" if pd.isna(v) else f"{v:.4f}" for v in ordered.get("val_recall@1", np.nan)]
+    if "n_repeats" in ordered:  # search repeats: the intervals cover the search; beside them, the seeds'
+        out = out.rename(columns={"seeds": "searches x seeds"})
+        out["searches x seeds"] = [
+            f"{int(s)}" if pd.isna(r) else f"{int(r)} x {int(s)}"
+            for r, s in zip(ordered["n_repeats"], ordered["n_seeds"], strict=True)
+        ]
+        out.insert(
+            3,
+            "R@1 within-search [95 % CI]",
+            [
+                "–"
+                if pd.isna(r.get("test_recall@1_within_low"))
+                else f"[{r['test_recall@1_within_low']:.4f}, {r['test_recall@1_within_high']:.4f}]"
+                for _, r in ordered.iterrows()
+            ],
+        )
+        out.insert(4, "P(rank 1)", ["–" if pd.isna(v) else f"{v:.0%}" for v in ordered["p_rank1"]])
+        out["val R@1"] = [
+            "–" if pd.isna(v) else f"{v:.4f}"
+            for v in ordered.get("val_recall@1_mean", ordered["val_recall@1"])
+        ]
     return out
 
 
@@ -282,9 +338,10 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
         f" ({html.escape(cfg.trunk)} trunk), {cfg.image_size}px,"
         f" {cfg.epochs} epochs. <b>{len(d.arm_names)} arms</b> of"
         f" <code>{html.escape(str(cfg.compare))}</code>,"
-        f" each its own study with {cfg.budget.n_trials} trials, the same search space and {folds} on the"
-        " training classes; each arm's best validation config was re-trained on all training classes with"
-        f" {cfg.evaluate.seeds} seeds and scored once on the test classes.{protocol_text(cfg, d.test)}"
+        f" each its own study with {budget_text(cfg)}, the same search space and {folds} on the"
+        f" training classes{searches_text(cfg)}; each {'search' if d.repeated else 'arm'}'s best validation"
+        f" config was re-trained on all training classes with {cfg.evaluate.seeds} seeds and scored once on"
+        f" the test classes.{protocol_text(cfg, d.test)}"
     )
     for note in d.notes:
         page.parts.append(f'<p class="note">Warning: {html.escape(note)}</p>')
@@ -293,11 +350,7 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
         page.table(
             f"{prefix}arms-test",
             arm_table(d.test),
-            "Test classes: each arm's best validation config, mean [95 % t-interval over seeds]; the"
-            " baseline (the backbone without triplet training, one deterministic run): a bootstrap over"
-            " test queries. The intervals cover re-training the chosen config with other seeds, not the"
-            " search that chose it: another sampler seed can choose another config (docs: Comparing"
-            " strategies, 'Is each arm's best stable'). R@2/4/8 and NMI are in the CSV.",
+            ARM_CAPTION_REPEATED if d.repeated else ARM_CAPTION,
         )
         out = model_out_text(d.test, page.out_dir, d.cfg.tracking_uri)
         if out:
@@ -332,7 +385,98 @@ def comparison_section(page: Page, d: ComparisonData, prefix: str, multi: bool) 
             " offline arm (both chosen by validation R@1). p: raw; p (Holm): adjusted within each family"
             " of tests. MAP@R rows are in the CSV.",
         )
+    _repeats(page, d, prefix)
     _search(page, d, prefix, multi)
+
+
+ARM_CAPTION = (
+    "Test classes: each arm's best validation config, mean [95 % t-interval over seeds]; the baseline (the"
+    " backbone without triplet training, one deterministic run): a bootstrap over test queries. The"
+    " intervals cover re-training the chosen config with other seeds, not the search that chose it:"
+    " another sampler seed can choose another config (set search_repeats: 2 or more to cover it)."
+    " R@2/4/8 and NMI are in the CSV."
+)
+ARM_CAPTION_REPEATED = (
+    "Test classes: each arm searched several times (independent sampler streams), each search's best"
+    " validation config re-trained with the same seeds. Mean over searches x seeds [95 % interval of the"
+    " mixed model y = arm + search + seed, its variance components pooled over the arms: it covers the"
+    " search's own randomness]; beside it the within-search interval, what the seeds alone say (a single"
+    " search's report). P(rank 1): how often the arm comes out first on test R@1 in a re-run of the"
+    " protocol simulated from the fitted components. val R@1: the mean over the arm's searches of the"
+    " best validation R@1 each found. The baseline: a bootstrap over test queries."
+)
+
+
+def budget_text(cfg: StudyConfig) -> str:
+    """The per-arm budget, as the config set it."""
+    b = cfg.budget
+    parts = [f"{b.n_trials} trials"] if b.n_trials else []
+    if b.images:
+        parts.append(f"{b.images:,.0f} images processed")
+    if b.timeout:
+        parts.append(f"{b.timeout:,.0f} s per worker")
+    return (" or ".join(parts) + " (whichever came first)") if len(parts) > 1 else parts[0]
+
+
+def searches_text(cfg: StudyConfig) -> str:
+    if cfg.search_repeats == 1:
+        return ""
+    return f", searched {cfg.search_repeats} times with independent sampler streams"
+
+
+def agreement_text(agreement: pd.DataFrame | None) -> str:
+    """One sentence: do validation and test order the arms, and the searches, the same way?"""
+    if agreement is None or agreement.empty:
+        return ""
+    rows = {str(r["over"]): r for _, r in agreement.iterrows()}
+    parts = []
+    for over, what in (("arms", "the arms (each arm's mean)"), ("searches", "every search of every arm")):
+        r = rows.get(over)
+        if r is None or pd.isna(r["spearman_rho"]):
+            continue
+        rho, p, n = r["spearman_rho"], r["p_value"], int(r["n"])
+        parts.append(f"over {what}, Spearman's rho = {rho:+.2f} (p = {p:.2g}, n = {n})")
+    within = rows.get("repeat pairs within arms")
+    if within is not None and int(within["n"]) > 0:
+        parts.append(
+            f"within arms, the search validation preferred also tested higher in {int(within['concordant'])}"
+            f" of {int(within['n'])} pairs of searches"
+        )
+    if not parts:
+        return ""
+    return "<b>Validation and test agreement</b> (R@1): " + "; ".join(parts) + "."
+
+
+def _repeats(page: Page, d: ComparisonData, prefix: str) -> None:
+    text = agreement_text(d.agreement)
+    if text:
+        page.p(text)
+    if d.searches is None or not d.repeated:
+        return
+    page.figure(
+        f"{prefix}search-repeats",
+        "Each arm's searches: validation and test",
+        "Left: the best validation R@1 each search of an arm found. Right: the test R@1 of that search's"
+        " config (dots: each evaluation seed; diamonds: the mean over seeds). Where an arm's searches"
+        " scatter as widely as the arms differ, one search does not rank it.",
+        F.search_repeats(d.searches),
+    )
+    s = d.searches
+    table = pd.DataFrame({"arm": s["arm"], "search": s["repeat"]})
+    for col, name in (
+        ("val_recall@1", "val R@1"),
+        ("test_recall@1", "test R@1"),
+        ("test_map@r", "test MAP@R"),
+    ):
+        table[name] = [f"{v:.4f}" for v in s[col]]
+    for label, cells in param_columns(s, d.cfg.trunk).items():
+        table[label] = cells
+    page.table(
+        f"{prefix}searches",
+        table,
+        "Every search of every arm: the config it chose on validation and that config's test metrics (mean"
+        " over the evaluation seeds).",
+    )
 
 
 def _search(page: Page, d: ComparisonData, prefix: str, multi: bool) -> None:

@@ -396,10 +396,11 @@ def best_so_far(trials: pd.DataFrame) -> Figure | None:
     if d.empty or "arm" not in d:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, part in d.groupby("arm", sort=False):
+    by = "search" if "search" in d else "arm"  # with search repeats: each search its own line
+    for arm, part in d.groupby(by, sort=False):
         part = part.sort_values("number")
         ax.step(np.arange(1, len(part) + 1), part["best_val_r1"].cummax(), where="post", label=str(arm))
-    ax.set(xlabel="trials of the arm", ylabel="best validation Recall@1 so far")
+    ax.set(xlabel="trials of the search", ylabel="best validation Recall@1 so far")
     ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     return fig
 
@@ -422,4 +423,33 @@ def ranks(table: pd.DataFrame) -> Figure | None:
     ax.invert_yaxis()
     ax.set(xlabel="test Recall@1 (mean, 95 % interval over seeds)")
     ax.legend(fontsize=7, title="dataset")
+    return fig
+
+
+def search_repeats(searches: pd.DataFrame) -> Figure | None:
+    """Each arm's searches side by side: the validation R@1 each search's best reached (left) and
+    its config's test R@1 (right: each evaluation seed a dot, the search's mean a marker). Arms
+    whose searches scatter as widely as the arms differ are not ranked by one search."""
+    if searches.empty or searches["repeat"].nunique() < 2:
+        return None
+    order = list(
+        searches.groupby("arm", sort=False)["test_recall@1"].mean().sort_values(ascending=False).index
+    )
+    repeats = sorted(searches["repeat"].unique())
+    offsets = np.linspace(-0.25, 0.25, len(repeats))
+    seed_cols = [c for c in searches if c.startswith("test_recall@1_seed")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * len(order) + 1.6), sharey=True)
+    palette = sns.color_palette(n_colors=len(repeats))
+    for off, r, colour in zip(offsets, repeats, palette, strict=True):
+        part = searches[searches["repeat"] == r].set_index("arm").reindex(order)
+        y = np.arange(len(order)) + off
+        left.plot(part["val_recall@1"], y, "o", color=colour, label=f"search {r}")
+        for col in seed_cols:
+            right.plot(part[col], y, ".", color=colour, alpha=0.45, ms=4)
+        right.plot(part["test_recall@1"], y, "D", color=colour, label=f"search {r} (mean over seeds)")
+    left.set_yticks(range(len(order)), order, fontsize=7)
+    left.invert_yaxis()
+    left.set(xlabel="best validation Recall@1 of the search")
+    right.set(xlabel="test Recall@1 of the search's config")
+    right.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     return fig

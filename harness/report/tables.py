@@ -151,15 +151,23 @@ def final_table(test: pd.DataFrame, trunk: str) -> pd.DataFrame:
             " / ".join(f"{r[f'test_recall@{k}']:.3f}" for k in (2, 4, 8)) for _, r in test.iterrows()
         ]
     out["val R@1"] = [fmt(v) for v in test["val_recall@1"]]
+    for label, cells in param_columns(test, trunk).items():
+        out[label] = cells
+    out["epochs"] = test["epochs"]
+    return out
+
+
+def param_columns(frame: pd.DataFrame, trunk: str) -> dict[str, list[str]]:
+    """The hyperparameter columns of configs (one per row of ``frame``), as the report shows them."""
+    out = {}
     for p in report_params(trunk):
-        if p.name == "batch_p" and "batch_k" in test:
+        if p.name == "batch_p" and "batch_k" in frame:
             out[p.label] = [
                 "–" if pd.isna(a) else f"{int(a)}×{int(b)}"
-                for a, b in zip(test["batch_p"], test["batch_k"], strict=True)
+                for a, b in zip(frame["batch_p"], frame["batch_k"], strict=True)
             ]
-        elif p.name in test:
-            out[p.label] = [_cell(p, v) for v in test[p.name]]
-    out["epochs"] = test["epochs"]
+        elif p.name in frame:
+            out[p.label] = [_cell(p, v) for v in frame[p.name]]
     return out
 
 

@@ -36,6 +36,7 @@ from harness.registry import DATASETS
 class Budget:
     n_trials: int | None = 20
     timeout: float | None = None  # seconds, per worker
+    images: float | None = None  # images processed by all trials together (offline passes counted)
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,11 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    name: str = "median"
+    name: str = "median"  # median | hyperband | successive_halving | none
     n_startup_trials: int = 5
     n_warmup_steps: int = 2
+    min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung
+    reduction_factor: int = 3  # ... and 1 in this many trials goes on at each rung
 
 
 @dataclass(frozen=True)
@@ -234,8 +237,11 @@ class StudyConfig:
     search_space: SearchSpace = field(default_factory=lambda: SearchSpace({}, "frozen"))
     # a hyperparameter whose choices become arms: one study each, with equal budgets (harness.study.arms)
     compare: str | None = None
+    # a comparison searches each arm this many times, with independent sampler streams
+    search_repeats: int = 1
     arm: str | None = None  # set on an arm's own config: the value of ``compare`` it fixes
     parent: str | None = None  # ... and the comparison study it belongs to
+    repeat: int = 0  # ... and which of its search repeats it is
     raw: dict = field(repr=False, default_factory=dict)  # with defaults filled in: hashed, stored
     user: dict = field(repr=False, default_factory=dict)  # as the user wrote it
     source: str = ""  # the file it was read from, for messages that name the command to run
@@ -258,9 +264,10 @@ class StudyConfig:
 
     @property
     def study_dir(self) -> Path:
-        """results/{study}/; an arm's is results/{comparison}/arms/{arm}/."""
+        """results/{study}/; an arm's is results/{comparison}/arms/{unit}/ (``unit``: the arm, or its
+        search repeat r >= 1 as {arm}@r{r})."""
         if self.parent is not None:
-            return self.results / self.parent / "arms" / str(self.arm)
+            return self.results / self.parent / "arms" / str(self.unit)
         return self.results / self.name
 
     @property
@@ -279,6 +286,16 @@ class StudyConfig:
     def arms(self) -> list[str]:
         """The arms of a comparison (``compare``'s choices, as names), else none."""
         return list(arm_values(self.raw))
+
+    @property
+    def arm_units(self) -> list[str]:
+        """The studies a comparison runs: each arm's search repeats (``search_repeats``), by name."""
+        return [unit_name(a, r) for a in self.arms for r in range(self.search_repeats)]
+
+    @property
+    def unit(self) -> str | None:
+        """An arm's study's own name within its comparison: the arm, or ``{arm}@r{repeat}``."""
+        return None if self.arm is None else unit_name(self.arm, self.repeat)
 
     @property
     def backbones(self) -> list[str]:
@@ -329,7 +346,19 @@ SECTIONS = {
     "evaluate": Evaluate,
 }
 REQUIRED = ("name", "dataset")
-BOOKKEEPING = ("raw", "user", "source", "arm", "parent")
+BOOKKEEPING = ("raw", "user", "source", "arm", "parent", "repeat")
+REPEAT_MARK = "@r"  # an arm's search repeat r >= 1 is the study {arm}@r{r} (arm names hold no @)
+
+
+def unit_name(arm: str, repeat: int) -> str:
+    """Repeat 0 keeps the arm's own name: a comparison made before search repeats reads as it was."""
+    return arm if repeat == 0 else f"{arm}{REPEAT_MARK}{repeat}"
+
+
+def split_unit(unit: str) -> tuple[str, int]:
+    """(arm, repeat) of a unit name (``unit_name``'s inverse)."""
+    arm, mark, r = unit.rpartition(REPEAT_MARK)
+    return (arm, int(r)) if mark and r.isdigit() else (unit, 0)
 
 
 def _defaults() -> dict[str, Any]:
@@ -582,8 +611,17 @@ DATASET_OPTIONS = {
 
 
 def _check_sections(raw: dict, source: str) -> None:
-    if raw["budget"]["n_trials"] is None and raw["budget"]["timeout"] is None:
-        raise ConfigError(f"{source}: budget: set n_trials, timeout (seconds), or both")
+    b = raw["budget"]
+    if b["n_trials"] is None and b["timeout"] is None and b["images"] is None:
+        raise ConfigError(
+            f"{source}: budget: set n_trials, timeout (seconds per worker) or images (processed in all),"
+            " or several (the first reached ends the study)"
+        )
+    if raw["search_repeats"] > 1 and not raw["compare"]:
+        raise ConfigError(
+            f"{source}: search_repeats: {raw['search_repeats']} repeats the search of each arm of a"
+            " comparison; add compare: (e.g. compare: mining), or drop search_repeats"
+        )
     ft = raw["fault_tolerance"]
     if ft["grace_period"] <= ft["heartbeat_interval"]:
         raise ConfigError(

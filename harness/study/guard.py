@@ -62,7 +62,8 @@ def recorded_arms(cfg: StudyConfig, study: optuna.Study) -> dict[str, str | None
 
 
 def holdings(cfg: StudyConfig, arms: list[str]) -> tuple[int, str]:
-    """What the studies of ``arms`` hold: their finished trials in all, and a phrase saying so."""
+    """What the studies of ``arms`` (arms or search repeats, ``{arm}@r{r}``) hold: their finished
+    trials in all, and a phrase saying so."""
     counts, evaluated = {}, 0
     for arm in arms:
         a = arm_at(cfg, arm)
@@ -92,7 +93,7 @@ def arm_set_error(cfg: StudyConfig, study: optuna.Study, old: list[str]) -> Conf
         )
         if part
     )
-    n, held = holdings(cfg, old)
+    n, held = holdings(cfg, list(dict.fromkeys([*old, *recorded_arms(cfg, study)])))
     delete = f"harness study delete --config {cfg.command_path}"
     way_out = (
         f"rename the study (name:) to compare the new set from scratch, or set the old one aside (it moves"
@@ -107,16 +108,16 @@ def arm_set_error(cfg: StudyConfig, study: optuna.Study, old: list[str]) -> Conf
 
 
 def lost_arms(cfg: StudyConfig, study: optuna.Study) -> list[str]:
-    """Arms the comparison was created with whose own study is gone (a deleted journal, a partial copy)."""
-    return [
-        arm for arm in recorded_arms(cfg, study) if arm in cfg.arms and stored_study(arm_at(cfg, arm)) is None
-    ]
+    """Arms (search repeats) the comparison was created with whose own study is gone (a deleted
+    journal, a partial copy)."""
+    units = cfg.arm_units
+    return [u for u in recorded_arms(cfg, study) if u in units and stored_study(arm_at(cfg, u)) is None]
 
 
 def lost_arm_error(cfg: StudyConfig, arm: str) -> HarnessError:
     """What is missing, the ways on, and what starting the arm afresh costs (at the other arms' pace)."""
     a = arm_at(cfg, arm)
-    others = [x for x in cfg.arms if x != arm]
+    others = [x for x in cfg.arm_units if x != arm]
     n, held = holdings(cfg, others)
     where = cfg.storage_url if cfg.storage else a.storage_url.removeprefix("journal:")
     trials = a.budget.n_trials

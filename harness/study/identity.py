@@ -140,7 +140,7 @@ def activity(cfg: StudyConfig, outcome: str | None = None) -> tuple[bool, int, b
     timeout-only budget (``n_trials: null``) is met when a worker ran out its time (``outcome`` None:
     it ended by itself) after finished trials, not when it was stopped or failed."""
     if is_comparison(cfg):
-        parts = [activity(arm_at(cfg, a), outcome) for a in cfg.arms]
+        parts = [activity(arm_at(cfg, a), outcome) for a in cfg.arm_units]
         return any(p[0] for p in parts), sum(p[1] for p in parts), all(p[2] for p in parts)
     study = stored_study(cfg)
     n = 0 if study is None else n_finished(study)

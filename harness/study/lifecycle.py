@@ -102,7 +102,7 @@ def create(cfg: StudyConfig, parent_uid: str | None = None) -> dict:
         lost = {arm: recorded_arms(cfg, study)[arm] for arm in lost_arms(cfg, study)}
         for arm, old in lost.items():
             _set_aside_leftovers(arm_at(cfg, arm), old)
-        info["arms"] = {a.arm: create(a, study_uid(study))["uid"] for a in arm_configs(cfg)}
+        info["arms"] = {str(a.unit): create(a, study_uid(study))["uid"] for a in arm_configs(cfg)}
         for arm in lost:
             log.warning(
                 "study %s: arm %s had lost its study; it is created afresh (uid %s) and runs its trials"
@@ -154,7 +154,7 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
     if study is None:
         raise HarnessError(f"study {cfg.name!r} does not exist in {cfg.storage_url}; nothing to delete")
     # every arm the comparison was created with or has now (an arm set changed since is set aside too)
-    arms = [*(created_arms(study) or []), *recorded_arms(cfg, study), *cfg.arms] if cfg.compare else []
+    arms = [*(created_arms(study) or []), *recorded_arms(cfg, study), *cfg.arm_units] if cfg.compare else []
     located = [arm_at(cfg, arm) for arm in dict.fromkeys(arms)]
     members = [(cfg, study)] + [(a, s) for a in located if (s := stored_study(a)) is not None]
     gone = [a for a in located if stored_study(a) is None and a.study_dir.is_dir()]
@@ -166,9 +166,9 @@ def delete_study(cfg: StudyConfig, force: bool = False) -> Path:
         uid = study_uid(study)
         attic = cfg.study_dir / "attic" / f"{uid}-{stamp}"
         for a in gone:  # an arm whose study was lost: what it left
-            _move_derived(a, attic / "arms" / str(a.arm))
+            _move_derived(a, attic / "arms" / str(a.unit))
         for member, s in reversed(members):  # the arms first: the comparison's record goes last
-            _set_aside(member, s, attic if member is cfg else attic / "arms" / str(member.arm))
+            _set_aside(member, s, attic if member is cfg else attic / "arms" / str(member.unit))
             if member.parent is not None:
                 with contextlib.suppress(OSError):  # its folder now holds nothing (or its own attic)
                     member.study_dir.rmdir()

@@ -169,7 +169,7 @@ def run_worker_group(
         "worker",
         "--config",
         str(config_path),
-        *(["--arm", str(cfg.arm)] if cfg.arm is not None else []),
+        *(["--arm", str(cfg.unit)] if cfg.arm is not None else []),
     ]
     procs = [subprocess.Popen([*cmd, "--worker", str(worker * n + i), "--processes", "1"]) for i in range(n)]
     log.info("worker group %d: %d processes on one device, %d threads each", worker, n, per)

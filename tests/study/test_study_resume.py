@@ -17,13 +17,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import yaml
 from fixtures import make_cub
-from helpers import REPO, stop_in, tiny_config
-from optuna.trial import TrialState
+from helpers import REPO, by_draw, retried, stop_in, tiny_config
 
 from harness.cli import main
 from harness.study import parse_config
@@ -52,24 +50,6 @@ def write(tmp: Path, raw: dict) -> Path:
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def by_draw(study: optuna.Study) -> dict[int, tuple]:
-    """Each finished draw: (params, state, value), keyed by its draw index. Counted here from the
-    journal, independently of the harness: a fresh trial's index is the number of fresh trials before
-    it; a retry (``failed_trial`` set) finishes the draw of the trial its chain started from."""
-    trials = study.get_trials(deepcopy=False)
-    fresh = [t.number for t in trials if "failed_trial" not in t.system_attrs]
-    out: dict[int, tuple] = {}
-    for t in trials:
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            draw = fresh.index(int(t.system_attrs.get("failed_trial", t.number)))
-            out[draw] = (tuple(sorted(t.params.items())), t.state, t.value, t.user_attrs["seed"])
-    return out
-
-
-def retried(study: optuna.Study) -> list[int]:
-    return [t.number for t in study.get_trials(deepcopy=False) if "failed_trial" in t.system_attrs]
 
 
 def table_of(results: Path, name: str) -> pd.DataFrame:

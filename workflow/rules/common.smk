@@ -60,7 +60,7 @@ def evaluation_inputs(wildcards):
     cfg = STUDIES[wildcards.study]
     if cfg.compare is None:
         return evaluation_shards(wildcards)
-    arms = expand("results/{study}/arms/{arm}/test_runs.csv", study=wildcards.study, arm=cfg.arms)
+    arms = expand("results/{study}/arms/{arm}/test_runs.csv", study=wildcards.study, arm=cfg.arm_units)
     return arms + [f"results/{wildcards.study}/evaluation/baseline.done"]
 
 
@@ -70,7 +70,7 @@ def arm_worker_jobs(wildcards):
     return expand(
         "results/{study}/arms/{arm}/workers/{worker}.done",
         study=wildcards.study,
-        arm=cfg.arms,
+        arm=cfg.arm_units,
         worker=range(cfg.workers),
     )
 
