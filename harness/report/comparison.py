@@ -284,7 +284,28 @@ def budget_table(arms: pd.DataFrame) -> pd.DataFrame:
             "best_val_r1": "best val R@1",
             "best_trial": "best trial",
             "mean_epochs_run": "mean epochs run",
+            "budget_held": "budget held",
         }
+    )
+
+
+def spent_text(arms: pd.DataFrame) -> str:
+    """Which budget ended the searches, and how far apart in images processed they ended."""
+    if arms.empty or "images_processed" not in arms:
+        return ""
+    name = arms["arm"].astype(str)
+    if "repeat" in arms and (arms["repeat"] > 0).any():
+        name = name + arms["repeat"].map(lambda r: "" if r == 0 else f" (search {r + 1})")
+    lo, hi = arms["images_processed"].idxmin(), arms["images_processed"].idxmax()
+    low, high = float(arms.at[lo, "images_processed"]), float(arms.at[hi, "images_processed"])
+    held = arms["budget_held"].value_counts() if "budget_held" in arms else pd.Series(dtype=int)
+    said = ", ".join(f"{k} for {v}" for k, v in held.items())
+    ratio = f" ({high / low:.2f}x)" if low > 0 else ""
+    return (
+        f" The budget that ended each search: {said}. Images processed ranged from {low:,.0f} ({name[lo]})"
+        f" to {high:,.0f} ({name[hi]}){ratio}."
+        if said
+        else f" Images processed ranged from {low:,.0f} ({name[lo]}) to {high:,.0f} ({name[hi]}){ratio}."
     )
 
 
@@ -485,8 +506,9 @@ def _search(page: Page, d: ComparisonData, prefix: str, multi: bool) -> None:
         page.table(
             f"{prefix}budgets",
             budget_table(d.arms),
-            "What each arm used: its trials (complete, pruned, failed) and the images they processed"
-            " (offline mining's whole-set passes included).",
+            "What each search used: its trials (complete, pruned, failed), the images they processed"
+            " (offline mining's whole-set passes included; an interrupted trial's epochs once) and the"
+            " budget that ended it (budget held: images, n_trials or timeout)." + spent_text(d.arms),
         )
     trials = d.trials
     page.figure(

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from itertools import combinations
 
 import numpy as np
+import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
@@ -49,7 +50,7 @@ from harness.study.final import (
     write_csv,
     zero_shot_label,
 )
-from harness.study.identity import load_study, study_uid
+from harness.study.identity import images_spent, load_study, study_uid
 from harness.study.sampler import draws
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,8 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
                 "complete": states.count(TrialState.COMPLETE),
                 "pruned": states.count(TrialState.PRUNED),
                 "failed": states.count(TrialState.FAIL),
-                "images_processed": float(sum(t.user_attrs.get("images_processed", 0.0) for t in trials)),
+                "images_processed": images_spent(study),
+                "budget_held": budget_held(a, study),
                 "best_val_r1": None if best is None else float(best.value or 0.0),
                 "best_trial": None if best is None else best.number,
                 "best_draw": None if best is None else draw[best.number],
@@ -339,6 +341,17 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def budget_held(a: StudyConfig, study: optuna.Study) -> str:
+    """Which limit ended the arm's search: images, n_trials, or (neither met) timeout."""
+    b = a.budget
+    if b.images is not None and images_spent(study) >= b.images:
+        return "images"
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if b.n_trials is not None and done >= b.n_trials:
+        return "n_trials"
+    return "timeout" if b.timeout is not None else "not met"
 
 
 def check_comparable(cfg: StudyConfig) -> None:

@@ -617,6 +617,13 @@ def _check_sections(raw: dict, source: str) -> None:
             f"{source}: budget: set n_trials, timeout (seconds per worker) or images (processed in all),"
             " or several (the first reached ends the study)"
         )
+    pr = raw["pruner"]
+    steps = raw["epochs"] * raw["val_folds"]
+    if pr["name"] in ("hyperband", "successive_halving") and pr["min_resource"] >= steps:
+        raise ConfigError(
+            f"{source}: pruner: {pr['name']} with min_resource {pr['min_resource']} prunes nothing: a trial"
+            f" runs {steps} epoch(s) in all (epochs x val_folds); set min_resource below {steps}"
+        )
     if raw["search_repeats"] > 1 and not raw["compare"]:
         raise ConfigError(
             f"{source}: search_repeats: {raw['search_repeats']} repeats the search of each arm of a"

@@ -10,12 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from harness.errors import HarnessError, redact_url
 from harness.study.arms import arm_at, members
 from harness.study.config import StudyConfig, build
 from harness.study.guard import changed_error, is_comparison, n_finished, refuse_lost_arms, stored_study
 from harness.study.presence import live_workers
+from harness.study.pruning import pruner_for, superseded
 from harness.study.sampler import make_sampler
 from harness.study.storage import StaleCallback, open_storage
 from harness.tracking import Tracker
@@ -35,11 +37,28 @@ def sampler_for(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     return make_sampler(s.name, s.seed, s.n_startup_trials)
 
 
-def pruner_for(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    p = cfg.pruner
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+IMAGES_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def images_spent(study: optuna.Study) -> float:
+    """Images the study's ended trials processed (offline mining's whole-set passes counted; a trial
+    that failed counts what it ran): what ``budget.images`` limits. An interrupted trial's epochs are
+    counted once, in its retry (which resumes them), as an uninterrupted study counts them."""
+    gone = superseded(study)
+    return float(
+        sum(
+            t.user_attrs.get("images_processed", 0.0)
+            for t in study.get_trials(deepcopy=False, states=IMAGES_STATES)
+            if t.number not in gone
+        )
+    )
+
+
+def budget_met(cfg: StudyConfig, study: optuna.Study) -> bool:
+    """The trial or image budget is spent (a timeout-only budget never is, here)."""
+    n, images = cfg.budget.n_trials, cfg.budget.images
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return (n is not None and done >= n) or (images is not None and images_spent(study) >= images)
 
 
 def tracker_for(cfg: StudyConfig) -> Tracker:
@@ -144,8 +163,10 @@ def activity(cfg: StudyConfig, outcome: str | None = None) -> tuple[bool, int, b
         return any(p[0] for p in parts), sum(p[1] for p in parts), all(p[2] for p in parts)
     study = stored_study(cfg)
     n = 0 if study is None else n_finished(study)
-    wanted = cfg.budget.n_trials
-    met = n >= wanted if wanted is not None else n > 0 and outcome is None
+    if cfg.budget.n_trials is None and cfg.budget.images is None:
+        met = n > 0 and outcome is None
+    else:
+        met = study is not None and budget_met(cfg, study)
     return bool(live_workers(cfg)), n, met
 
 

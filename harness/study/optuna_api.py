@@ -2,7 +2,8 @@
 
 The harness runs Optuna's heartbeat protocol on its own journal storage, runs trials with
 ``ask``/``tell`` under its own budget lock instead of ``optimize``, and repairs torn journal records
-under the journal's own lock. For that it needs a few names Optuna does not export. Optuna may move
+under the journal's own lock, and hashes Hyperband's brackets from a trial's draw index instead of
+its number. For that it needs a few names Optuna does not export. Optuna may move
 or rename them in any release: ``tests/study/test_optuna_api.py`` imports every one of them and fails,
 naming the missing ones, when an upgrade breaks one (``harness smoke`` checks them too).
 
@@ -12,7 +13,8 @@ Tested with Optuna ``TESTED`` (see pyproject.toml's pin).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -33,6 +35,7 @@ __all__ = [
     "RETRY_HISTORY",
     "TESTED",
     "BaseHeartbeat",
+    "KeyedHyperbandPruner",
     "heartbeat",
     "journal_lock",
     "journal_path",
@@ -73,6 +76,39 @@ def journal_path(backend: JournalFileBackend) -> str:
     return str(backend._file_path)
 
 
+class KeyedHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband with each trial's bracket hashed from a key instead of its trial number.
+
+    Optuna picks a trial's bracket from ``crc32(study name, trial number)``; a bracket's competitors,
+    and the history TPE samples from under Hyperband, are the trials whose numbers hash to it. A
+    retry of an interrupted trial takes a new number, so it would land in another bracket than its
+    original and shift every bracket after it. ``keys(trials)`` gives each trial number its key (the
+    harness: the draw index, which a retry shares with its original), or None for a trial that is in
+    no bracket (an original that a retry supersedes). Read afresh at each ``prune`` and for any
+    trial number not seen yet (a new trial: TPE asks for its bracket before it is pruned)."""
+
+    def __init__(self, keys: Callable[[list[FrozenTrial]], dict[int, int | None]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keys_of = keys
+        self._keys: dict[int, int | None] = {}
+
+    def _refresh(self, study: optuna.Study) -> None:
+        # the storage's own list: the bracket study Optuna passes here filters through this method
+        self._keys = self._keys_of(study._storage.get_all_trials(study._study_id, deepcopy=False))
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        self._refresh(study)
+        return super().prune(study, trial)
+
+    def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        if trial.number not in self._keys:
+            self._refresh(study)
+        key = self._keys.get(trial.number, trial.number)
+        if key is None:
+            return -1  # in no bracket: never a competitor
+        return int(super()._get_bracket_id(study, types.SimpleNamespace(number=key)))  # type: ignore[arg-type]
+
+
 def missing() -> list[str]:
     """The private names this module relies on that the installed Optuna lacks (empty: all there),
     looked up on real objects: an in-memory study, one asked trial and a journal file backend."""
@@ -94,6 +130,7 @@ def missing() -> list[str]:
             "Trial.storage": (trial, "storage"),
             "FrozenTrial._trial_id": (frozen, "_trial_id"),
             "Study._storage": (study, "_storage"),
+            "Study._study_id": (study, "_study_id"),
             "JournalFileBackend._lock": (backend, "_lock"),
             "JournalFileBackend._file_path": (backend, "_file_path"),
         }
@@ -101,4 +138,6 @@ def missing() -> list[str]:
     for name in ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "record_heartbeat"):
         if not hasattr(BaseHeartbeat, name):
             out.append(f"BaseHeartbeat.{name}")
+    if not hasattr(optuna.pruners.HyperbandPruner, "_get_bracket_id"):
+        out.append("HyperbandPruner._get_bracket_id")
     return out

@@ -41,9 +41,14 @@ def draw_index(study: Study, number: int) -> int:
 def draws(study: Study) -> dict[int, int]:
     """Every trial's draw index (a retry's is its chain's first trial's): the name of a config that
     an interruption does not change, where the trial number does."""
+    return draws_of(study.get_trials(deepcopy=False))
+
+
+def draws_of(trials: Sequence[FrozenTrial]) -> dict[int, int]:
+    """:func:`draws` over a study's trials, in number order."""
     out: dict[int, int] = {}
     fresh = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if FAILED_TRIAL in t.system_attrs:
             out[t.number] = out.get(int(t.system_attrs[FAILED_TRIAL]), -1)
         else:

@@ -32,6 +32,7 @@ from harness.study.data import prepare, resolve_device
 from harness.study.failures import WorkerStopped, describe, resource_error
 from harness.study.identity import (
     check_writable,
+    images_spent,
     load_study,
     parent_run,
     settle_parent,
@@ -85,7 +86,7 @@ def run_worker(cfg: StudyConfig, worker: int = 0) -> int:
 
 
 def _run_worker(cfg: StudyConfig, worker: int) -> int:
-    n_trials = cfg.budget.n_trials or 10**9  # None: the timeout alone ends the study
+    n_trials = cfg.budget.n_trials or 10**9  # None: the timeout or the images alone end the study
     study = load_study(cfg, on_stale=StaleTrialHandler(cfg))
     check_writable(cfg)
     outcome = None
@@ -106,8 +107,13 @@ def _work(cfg: StudyConfig, worker: int, study: optuna.Study, lock: BudgetLock, 
     """The worker's work once registered and holding the budget lock's handle."""
     with lock:
         sweep(study, cfg)
-    if finished(study) >= n_trials and not counts(study)[TrialState.WAITING]:
-        log.info("study %s already has %d finished trials; nothing to do", cfg.name, finished(study))
+    if _spent(cfg, study, n_trials) and not counts(study)[TrialState.WAITING]:
+        log.info(
+            "study %s already has %d finished trials (%s images processed); nothing to do",
+            cfg.name,
+            finished(study),
+            f"{images_spent(study):,.0f}",
+        )
         return 0
     device = resolve_device(cfg.device)
     prep = prepare(cfg, device)
@@ -224,10 +230,11 @@ def _loop(
             sweep(study, cfg)
             c = counts(study)
             done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-            if done >= n_trials and not c[TrialState.WAITING]:
+            images_left = not _images_spent(cfg, study)
+            if (done >= n_trials or not images_left) and not c[TrialState.WAITING]:
                 break
             trial = None
-            if c[TrialState.WAITING] or done + c[TrialState.RUNNING] < n_trials:
+            if c[TrialState.WAITING] or (images_left and done + c[TrialState.RUNNING] < n_trials):
                 with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we
                     warnings.simplefilter("ignore")  # run the same heartbeat thread ourselves below
                     trial = study.ask()  # pops a WAITING (re-queued) trial first
@@ -253,6 +260,16 @@ def _loop(
     return ran
 
 
+def _images_spent(cfg: StudyConfig, study: optuna.Study) -> bool:
+    """``budget.images`` is spent: no trial starts (one in flight may end past it, by at most its
+    own images; each worker checks before it takes a trial)."""
+    return cfg.budget.images is not None and images_spent(study) >= cfg.budget.images
+
+
+def _spent(cfg: StudyConfig, study: optuna.Study, n_trials: int) -> bool:
+    return finished(study) >= n_trials or _images_spent(cfg, study)
+
+
 def _announce(cfg: StudyConfig, study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
     """A console line when a trial starts: which of the budget it is, and when the study should end
     (the mean time of its finished trials, times what is left, over the trials running now)."""
@@ -264,9 +281,14 @@ def _announce(cfg: StudyConfig, study: optuna.Study, trial: optuna.Trial, n_tria
         for t in done
         if t.datetime_complete and t.datetime_start
     ]
-    left = n_trials - len(done)
-    eta = f"; study ETA {duration(sum(spent) / len(spent) * left / max(running, 1))}" if spent else ""
+    left = float(n_trials - len(done))
     budget = f" of {n_trials}" if n_trials < 10**9 else ""
+    if cfg.budget.images is not None and done:  # what is left of the images, at their pace per trial
+        used = images_spent(study)
+        per_trial = used / len(done)
+        left = min(left, max(cfg.budget.images - used, 0.0) / per_trial if per_trial else left)
+        budget += f", {used:,.0f} of {cfg.budget.images:,.0f} images"
+    eta = f"; study ETA {duration(sum(spent) / len(spent) * left / max(running, 1))}" if spent else ""
     progress_log.info(
         "%s: trial %d starts (%d%s taken, %d finished)%s",
         cfg.name,
