@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo demo-partial compare compare-backbones cluster-smoke test test-slow lint docs dry-run mlflow dashboard clean
+.PHONY: install demo demo-partial compare compare-deep compare-reproduce compare-backbones cluster-smoke test test-slow lint docs dry-run mlflow dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo-partial: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare.yaml
 	@echo "report: results/report/cub-compare+cars-compare/index.html"
+
+## make compare-deep: the same protocol where training moves the backbone (Lite0's last two stages)
+compare-deep: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare-deep.yaml
+	@echo "report: results/report/cub-compare-deep+cars-compare-deep/index.html"
+
+## make compare-reproduce: make compare with every seed changed; bench/reproduce.py sets the verdicts side by side
+compare-reproduce: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --configfile workflow/compare-reproduce.yaml
+	@echo "report: results/report/cub-compare-seed1+cars-compare-seed1/index.html"
 
 ## make compare-backbones: the same protocol with EfficientNet-Lite0/1/2 as the arms (offline weights)
 compare-backbones: $(STAMP)

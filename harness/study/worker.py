@@ -283,19 +283,21 @@ def _announce(cfg: StudyConfig, study: optuna.Study, trial: optuna.Trial, n_tria
     ]
     left = float(n_trials - len(done))
     budget = f" of {n_trials}" if n_trials < 10**9 else ""
+    images = ""
     if cfg.budget.images is not None and done:  # what is left of the images, at their pace per trial
         used = images_spent(study)
         per_trial = used / len(done)
         left = min(left, max(cfg.budget.images - used, 0.0) / per_trial if per_trial else left)
-        budget += f", {used:,.0f} of {cfg.budget.images:,.0f} images"
+        images = f", {used:,.0f} of {cfg.budget.images:,.0f} images processed"
     eta = f"; study ETA {duration(sum(spent) / len(spent) * left / max(running, 1))}" if spent else ""
     progress_log.info(
-        "%s: trial %d starts (%d%s taken, %d finished)%s",
+        "%s: trial %d starts (%d%s taken, %d finished%s)%s",
         cfg.name,
         trial.number,
         len(done) + running,
         budget,
         len(done),
+        images,
         eta,
     )
 
