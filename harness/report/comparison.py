@@ -295,18 +295,21 @@ def spent_text(arms: pd.DataFrame) -> str:
         return ""
     name = arms["arm"].astype(str)
     if "repeat" in arms and (arms["repeat"] > 0).any():
-        name = name + arms["repeat"].map(lambda r: "" if r == 0 else f" (search {r + 1})")
+        name = name + arms["repeat"].map(lambda r: f", search {int(r) + 1}")
     lo, hi = arms["images_processed"].idxmin(), arms["images_processed"].idxmax()
     low, high = float(arms.at[lo, "images_processed"]), float(arms.at[hi, "images_processed"])
-    held = arms["budget_held"].value_counts() if "budget_held" in arms else pd.Series(dtype=int)
-    said = ", ".join(f"{k} for {v}" for k, v in held.items())
     ratio = f" ({high / low:.2f}x)" if low > 0 else ""
-    return (
-        f" The budget that ended each search: {said}. Images processed ranged from {low:,.0f} ({name[lo]})"
-        f" to {high:,.0f} ({name[hi]}){ratio}."
-        if said
-        else f" Images processed ranged from {low:,.0f} ({name[lo]}) to {high:,.0f} ({name[hi]}){ratio}."
+    spread = f" Images processed ranged from {low:,.0f} ({name[lo]}) to {high:,.0f} ({name[hi]}){ratio}."
+    if "budget_held" not in arms:
+        return spread
+    held = arms["budget_held"].value_counts()
+    n = len(arms)
+    said = (
+        f"{held.index[0]}, for all {n} searches"
+        if len(held) == 1
+        else ", ".join(f"{k} for {v} of {n} searches" for k, v in held.items())
     )
+    return f" The budget that ended the searches: {said}." + spread
 
 
 def rank_frame(data: list[ComparisonData]) -> pd.DataFrame:

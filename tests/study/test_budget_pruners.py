@@ -84,7 +84,7 @@ def test_a_comparison_with_an_images_budget_says_which_budget_held(data_root: Pa
         assert arms.loc[arm, "budget_held"] == "images"
     assert arms.loc["offline-hard", "trials"] <= arms.loc["random", "trials"]
     said = spent_text(arms.reset_index())
-    assert f"images for {len(ARMS)}" in said
+    assert f"images, for all {len(ARMS)} searches" in said
     low, high = arms["images_processed"].min(), arms["images_processed"].max()
     assert f"from {low:,.0f}" in said and f"to {high:,.0f}" in said and f"({high / low:.2f}x)" in said
 
