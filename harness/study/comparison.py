@@ -32,6 +32,7 @@ from harness.errors import HarnessError
 from harness.evaluation import repeats
 from harness.evaluation.stats import holm
 from harness.params import is_offline
+from harness.study import identity
 from harness.study.arms import arm_config, arm_configs
 from harness.study.config import COMPARE_BACKBONE, StudyConfig, split_unit, unit_name
 from harness.study.final import (
@@ -345,13 +346,7 @@ def arm_budgets(cfg: StudyConfig) -> pd.DataFrame:
 
 def budget_held(a: StudyConfig, study: optuna.Study) -> str:
     """Which limit ended the arm's search: images, n_trials, or (neither met) timeout."""
-    b = a.budget
-    if b.images is not None and images_spent(study) >= b.images:
-        return "images"
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    if b.n_trials is not None and done >= b.n_trials:
-        return "n_trials"
-    return "timeout" if b.timeout is not None else "not met"
+    return identity.budget_held(a, study) or ("timeout" if a.budget.timeout is not None else "not met")
 
 
 def check_comparable(cfg: StudyConfig) -> None:

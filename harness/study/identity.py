@@ -54,11 +54,24 @@ def images_spent(study: optuna.Study) -> float:
     )
 
 
-def budget_met(cfg: StudyConfig, study: optuna.Study) -> bool:
-    """The trial or image budget is spent (a timeout-only budget never is, here)."""
-    n, images = cfg.budget.n_trials, cfg.budget.images
+def images_met(cfg: StudyConfig, study: optuna.Study) -> bool:
+    """``budget.images`` is set and spent."""
+    return cfg.budget.images is not None and images_spent(study) >= cfg.budget.images
+
+
+def budget_held(cfg: StudyConfig, study: optuna.Study) -> str | None:
+    """The budget that is spent, ``images`` before ``n_trials``; None while neither is (a
+    timeout-only budget never is, here)."""
+    if images_met(cfg, study):
+        return "images"
+    n = cfg.budget.n_trials
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    return (n is not None and done >= n) or (images is not None and images_spent(study) >= images)
+    return "n_trials" if n is not None and done >= n else None
+
+
+def budget_met(cfg: StudyConfig, study: optuna.Study) -> bool:
+    """The trial or image budget is spent."""
+    return budget_held(cfg, study) is not None
 
 
 def tracker_for(cfg: StudyConfig) -> Tracker:

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.study.config import StudyConfig
 from harness.study.identity import study_uid, tracker_for
 from harness.study.optuna_api import RETRY_HISTORY
+from harness.study.pruning import superseded_of
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def orphans(
     one whose mark could not be written, when the caller knows it was interrupted)."""
     trials = study.get_trials(deepcopy=False)
     # every retry lists the whole chain it continues (failed_trial names only the chain's first)
-    retried = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, [])}
+    retried = superseded_of(trials)
     max_retry = cfg.fault_tolerance.max_retry
     return [
         t

@@ -31,7 +31,9 @@ from harness.study.config import StudyConfig
 from harness.study.data import prepare, resolve_device
 from harness.study.failures import WorkerStopped, describe, resource_error
 from harness.study.identity import (
+    budget_met,
     check_writable,
+    images_met,
     images_spent,
     load_study,
     parent_run,
@@ -107,7 +109,7 @@ def _work(cfg: StudyConfig, worker: int, study: optuna.Study, lock: BudgetLock, 
     """The worker's work once registered and holding the budget lock's handle."""
     with lock:
         sweep(study, cfg)
-    if _spent(cfg, study, n_trials) and not counts(study)[TrialState.WAITING]:
+    if budget_met(cfg, study) and not counts(study)[TrialState.WAITING]:
         log.info(
             "study %s already has %d finished trials (%s images processed); nothing to do",
             cfg.name,
@@ -230,7 +232,7 @@ def _loop(
             sweep(study, cfg)
             c = counts(study)
             done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-            images_left = not _images_spent(cfg, study)
+            images_left = not images_met(cfg, study)  # met: no trial starts (one in flight may end past it)
             if (done >= n_trials or not images_left) and not c[TrialState.WAITING]:
                 break
             trial = None
@@ -258,16 +260,6 @@ def _loop(
             )
     log.info("worker %d ran %d trials in %.1f s", worker, ran, time.perf_counter() - before)
     return ran
-
-
-def _images_spent(cfg: StudyConfig, study: optuna.Study) -> bool:
-    """``budget.images`` is spent: no trial starts (one in flight may end past it, by at most its
-    own images; each worker checks before it takes a trial)."""
-    return cfg.budget.images is not None and images_spent(study) >= cfg.budget.images
-
-
-def _spent(cfg: StudyConfig, study: optuna.Study, n_trials: int) -> bool:
-    return finished(study) >= n_trials or _images_spent(cfg, study)
 
 
 def _announce(cfg: StudyConfig, study: optuna.Study, trial: optuna.Trial, n_trials: int) -> None:
