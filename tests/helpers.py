@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,6 +157,25 @@ def compare_config(root: Path, results: Path, n_trials: int = 3, **over: object)
         "lr": {"low": 1e-4, "high": 1e-2, "log": True},
     }
     return raw | over
+
+
+@dataclass
+class RanComparison:
+    """A comparison a module fixture ran once: its temp folder, its config file and what it wrote."""
+
+    tmp: Path
+    path: Path
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self):  # noqa: ANN201 (a StudyConfig)
+        from harness.study import parse_config
+
+        return parse_config(yaml.safe_load(self.path.read_text()), str(self.path))
+
+    @property
+    def dir(self) -> Path:
+        return self.tmp / "results" / COMPARE_NAME
 
 
 def stop_in(number: int, epoch: int, stop) -> object:  # noqa: ANN001

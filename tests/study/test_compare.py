@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures import make_cub
-from helpers import ARMS, CHECK, chromium, compare_config
-from helpers import COMPARE_NAME as NAME
+from helpers import ARMS, CHECK, RanComparison, chromium, compare_config
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -49,23 +47,8 @@ def drawn(cfg) -> list[tuple]:  # noqa: ANN001
     return [tuple(sorted(t.params.items())) for t in study_of(cfg).get_trials(deepcopy=False)]
 
 
-@dataclass
-class Ran:
-    tmp: Path
-    path: Path
-    raw: dict
-
-    @property
-    def cfg(self):  # noqa: ANN201
-        return parse_config(yaml.safe_load(self.path.read_text()), str(self.path))
-
-    @property
-    def dir(self) -> Path:
-        return self.tmp / "results" / NAME
-
-
 @pytest.fixture(scope="module")
-def ran(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+def ran(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RanComparison:
     """A 3-arm comparison, 3 trials per arm, 2 folds, run, evaluated and reported once."""
     tmp = tmp_path_factory.mktemp("compare")
     raw = compare_config(data_root, tmp / "results")
@@ -73,13 +56,13 @@ def ran(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ran:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     for argv in (["study", "run"], ["evaluate"], ["report"]):
         assert main([*argv, "--config", str(path)]) == 0, argv
-    return Ran(tmp, path, raw)
+    return RanComparison(tmp, path, raw)
 
 
 # --- arms --------------------------------------------------------------------------------------------
 
 
-def test_arms_get_equal_budgets_and_their_own_sampler_streams(ran: Ran) -> None:
+def test_arms_get_equal_budgets_and_their_own_sampler_streams(ran: RanComparison) -> None:
     cfg = ran.cfg
     assert cfg.arms == ARMS
     seeds = set()
@@ -97,7 +80,7 @@ def test_arms_get_equal_budgets_and_their_own_sampler_streams(ran: Ran) -> None:
     assert len(set(lrs)) == len(ARMS)  # ...so they draw other configs
 
 
-def test_a_rerun_replays_no_draw_and_a_raised_budget_adds_new_ones(ran: Ran) -> None:
+def test_a_rerun_replays_no_draw_and_a_raised_budget_adds_new_ones(ran: RanComparison) -> None:
     cfg = ran.cfg
     before = {a.arm: drawn(a) for a in arm_configs(cfg)}
     assert main(["study", "run", "--config", str(ran.path)]) == 0  # nothing left to do
@@ -110,7 +93,7 @@ def test_a_rerun_replays_no_draw_and_a_raised_budget_adds_new_ones(ran: Ran) -> 
     assert after[:3] == before["random"] and after[3] not in after[:3]
 
 
-def test_each_arm_is_evaluated_with_its_own_best_config(ran: Ran) -> None:
+def test_each_arm_is_evaluated_with_its_own_best_config(ran: RanComparison) -> None:
     test = pd.read_csv(ran.dir / "test.csv")
     assert list(test["kind"]) == ["baseline", "arm", "arm", "arm"]
     for a in arm_configs(ran.cfg):
@@ -124,7 +107,7 @@ def test_each_arm_is_evaluated_with_its_own_best_config(ran: Ran) -> None:
     assert len(runs) == 1 + 2 * len(ARMS)  # the baseline once, every arm with both seeds
 
 
-def test_every_pair_is_compared_with_holm_adjusted_p(ran: Ran) -> None:
+def test_every_pair_is_compared_with_holm_adjusted_p(ran: RanComparison) -> None:
     comp = pd.read_csv(ran.dir / "comparisons.csv")
     r1 = comp[comp["metric"] == "recall@1"]
     pairs = r1[r1["family"] == "pair"]
@@ -173,7 +156,7 @@ def test_every_training_class_is_in_exactly_one_fold_and_never_trains_its_own(da
     assert "folds" not in one.manifest and one.n_folds == 1  # 1 = the carve-out, as before
 
 
-def test_a_trial_is_the_mean_over_folds(ran: Ran) -> None:
+def test_a_trial_is_the_mean_over_folds(ran: RanComparison) -> None:
     a = arm_config(ran.cfg, "semihard")
     for t in study_of(a).trials:
         if t.state != TrialState.COMPLETE:
@@ -275,7 +258,7 @@ FIGURES = [
 ]
 
 
-def test_the_comparison_report_renders_in_headless_chromium(ran: Ran) -> None:
+def test_the_comparison_report_renders_in_headless_chromium(ran: RanComparison) -> None:
     report = ran.dir / "report"
     page = (report / "index.html").read_text()
     for key in FIGURES:
@@ -298,7 +281,7 @@ def test_the_comparison_report_renders_in_headless_chromium(ran: Ran) -> None:
     assert not found["overflow"], found["overflow"]  # readable at 1200 px without sideways scrolling
 
 
-def test_a_joint_report_ranks_the_arms_across_datasets(ran: Ran, data_root: Path) -> None:
+def test_a_joint_report_ranks_the_arms_across_datasets(ran: RanComparison, data_root: Path) -> None:
     """Two comparisons on one page: each arm's rank per dataset and its mean rank."""
     from harness.report import build_report
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures import make_cub
-from helpers import ARMS, REPO, by_draw, compare_config, retried
+from helpers import ARMS, REPO, RanComparison, by_draw, compare_config, retried, write
 from helpers import COMPARE_NAME as NAME
 from optuna.trial import TrialState
 
@@ -43,37 +42,17 @@ def repeated_config(root: Path, results: Path, **over: object) -> dict:
     return raw | over
 
 
-@dataclass
-class Ran:
-    tmp: Path
-    path: Path
-
-    @property
-    def cfg(self):  # noqa: ANN201
-        return parse_config(yaml.safe_load(self.path.read_text()), str(self.path))
-
-    @property
-    def dir(self) -> Path:
-        return self.tmp / "results" / NAME
-
-
-def write(tmp: Path, raw: dict, name: str = "c.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
-def ran(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+def ran(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> RanComparison:
     """3 arms x 2 searches x 3 trials, 2 seeds each, run, evaluated and reported once."""
     tmp = tmp_path_factory.mktemp("repeats")
     path = write(tmp, repeated_config(data_root, tmp / "results"))
     for argv in (["study", "run"], ["evaluate"], ["report"]):
         assert main([*argv, "--config", str(path)]) == 0, argv
-    return Ran(tmp, path)
+    return RanComparison(tmp, path)
 
 
-def test_each_arm_is_searched_with_independent_streams(ran: Ran) -> None:
+def test_each_arm_is_searched_with_independent_streams(ran: RanComparison) -> None:
     cfg = ran.cfg
     units = [a.unit for a in arm_configs(cfg)]
     assert units == [f"{a}{s}" for a in ARMS for s in ("", "@r1")]
@@ -91,14 +70,14 @@ def test_each_arm_is_searched_with_independent_streams(ran: Ran) -> None:
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in a.trials + b.trials)
 
 
-def test_a_repeat_beyond_the_config_is_refused(ran: Ran) -> None:
+def test_a_repeat_beyond_the_config_is_refused(ran: RanComparison) -> None:
     with pytest.raises(ConfigError, match="no search repeat 2 of arm 'random'.*repeats 0-1"):
         arm_config(ran.cfg, "random@r2")
     with pytest.raises(ConfigError, match="search_repeats: 2 repeats the search of each arm of a comparison"):
         parse_config({"name": "x", "dataset": "cub", "search_repeats": 2})
 
 
-def test_the_arm_table_is_the_mixed_model_over_searches_and_seeds(ran: Ran) -> None:
+def test_the_arm_table_is_the_mixed_model_over_searches_and_seeds(ran: RanComparison) -> None:
     test = pd.read_csv(ran.dir / "test.csv")
     runs = pd.read_csv(ran.dir / "test_runs.csv")
     searches = pd.read_csv(ran.dir / "searches.csv")
@@ -126,7 +105,7 @@ def test_the_arm_table_is_the_mixed_model_over_searches_and_seeds(ran: Ran) -> N
     assert arms["p_rank1"].sum() == pytest.approx(1.0)
 
 
-def test_pairs_are_tested_with_the_search_variance_and_holm(ran: Ran) -> None:
+def test_pairs_are_tested_with_the_search_variance_and_holm(ran: RanComparison) -> None:
     comp = pd.read_csv(ran.dir / "comparisons.csv")
     runs = pd.read_csv(ran.dir / "test_runs.csv")
     r1 = comp[(comp["metric"] == "recall@1") & (comp["family"] == "pair")]
@@ -147,7 +126,7 @@ def test_pairs_are_tested_with_the_search_variance_and_holm(ran: Ran) -> None:
     assert set(comp["family"]) >= {"pair", "vs baseline", "online vs offline"}
 
 
-def test_validation_test_agreement_is_written(ran: Ran) -> None:
+def test_validation_test_agreement_is_written(ran: RanComparison) -> None:
     agreement = pd.read_csv(ran.dir / "agreement.csv").set_index("over")
     searches = pd.read_csv(ran.dir / "searches.csv")
     assert agreement.loc["searches", "n"] == len(searches)
@@ -155,7 +134,7 @@ def test_validation_test_agreement_is_written(ran: Ran) -> None:
     assert agreement.loc["repeat pairs within arms", "n"] <= len(ARMS)
 
 
-def test_the_report_shows_both_intervals_the_searches_and_the_agreement(ran: Ran) -> None:
+def test_the_report_shows_both_intervals_the_searches_and_the_agreement(ran: RanComparison) -> None:
     page = (ran.dir / "report" / "index.html").read_text()
     assert "P(rank 1)" in page and "R@1 within-search" in page and "searches x seeds" in page
     assert "search-repeats" in page and "Validation and test agreement" in page
@@ -175,7 +154,9 @@ sys.exit(main(["--threads", "1", "study", "worker", "--config", {config!r}, "--a
 """
 
 
-def test_kill_9_of_a_repeats_worker_replays_no_draw(ran: Ran, data_root: Path, tmp_path: Path) -> None:
+def test_kill_9_of_a_repeats_worker_replays_no_draw(
+    ran: RanComparison, data_root: Path, tmp_path: Path
+) -> None:
     """The second search of arm random, killed mid-trial 1 and resumed by a new worker, ends with
     the draws of the uninterrupted search (the module's), and its stream is not the first search's."""
     path = write(tmp_path, repeated_config(data_root, tmp_path / "results"))
