@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import HarnessError, first_line, redact_url
@@ -114,7 +114,18 @@ class SafeJournalFileBackend(JournalFileBackend):
     and cut off before any append. A journal already damaged that way (by another program, or an
     older harness) is repaired when read: each torn record is set aside, a whole record appended to
     it is kept, and every other record stays byte for byte where it was.
+
+    Its lock is Optuna's symlink lock on the journal's **absolute** path. Optuna's lock is a symlink
+    ``<journal>.lock`` pointing at the journal, and it takes over a lock left by a killed holder once
+    the journal has not changed for ``lock_grace`` seconds, which it reads through the link. A relative
+    path (``results/<study>/optuna.journal``, the pipeline's) makes a link that resolves against its
+    own folder, so it dangles: the takeover never happens, and every later worker spins on the lock
+    for ever after a kill that landed inside an append.
     """
+
+    def __init__(self, file_path: str, lock_grace: int = 30) -> None:
+        path = os.path.abspath(file_path)
+        super().__init__(path, JournalFileSymlinkLock(path, grace_period=lock_grace))
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         text = "\n".join(json.dumps(x, separators=(",", ":")) for x in logs) + "\n"

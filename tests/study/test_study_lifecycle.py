@@ -7,18 +7,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from fixtures import make_cub
-from helpers import NAME, config, finished, journal, params_of, study_file, study_of, tiny_config, write
+from helpers import NAME, REPO, config, finished, journal, params_of, study_file, study_of, tiny_config, write
 from helpers import error_line as one_error_line
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from processes import patience, run_group
 
 from harness.cli import main
 
@@ -216,6 +218,37 @@ def test_a_torn_record_followed_by_a_whole_one_at_the_end_is_not_skipped(
     assert main(["report", "--config", str(path)]) == 0
     assert "torn record" in capsys.readouterr().err
     assert study_of(tmp_path / "results").trials[0].state == TrialState.COMPLETE
+
+
+HOLD_THE_LOCK_AND_DIE = """
+import os
+import sys
+from harness.study.storage import SafeJournalFileBackend
+SafeJournalFileBackend("results/s/optuna.journal")._lock.acquire()
+os._exit(0)  # as a SIGKILL inside an append would leave it: the lock held by no process
+"""
+APPEND = """
+from harness.study.storage import SafeJournalFileBackend
+SafeJournalFileBackend("results/s/optuna.journal", lock_grace=3).append_logs([{"op_code": 0, "x": 1}])
+"""
+
+
+def test_a_lock_left_by_a_killed_holder_is_taken_over_under_a_relative_path(tmp_path: Path) -> None:
+    """The pipeline opens ``journal:results/<study>/optuna.journal``, relative to its folder. Optuna's
+    lock there was a link that resolved against its own folder: a holder killed mid-append left a lock
+    no one ever took over, and every later worker spun on it (a resumed study hung for ever)."""
+    (tmp_path / "results" / "s").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    kw = {"cwd": tmp_path, "env": env}
+    held = run_group([sys.executable, "-c", HOLD_THE_LOCK_AND_DIE], timeout=patience(120), **kw)
+    assert held.returncode == 0, held.stderr[-2000:]
+    lock = tmp_path / "results" / "s" / "optuna.journal.lock"
+    assert lock.is_symlink() and lock.exists(), "the lock must resolve to the journal (its grace reads it)"
+    after = run_group([sys.executable, "-c", APPEND], timeout=patience(240), **kw)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert "Forcibly releasing" in after.stderr
+    assert not lock.is_symlink()
+    assert json.loads((tmp_path / "results" / "s" / "optuna.journal").read_text()) == {"op_code": 0, "x": 1}
 
 
 def test_a_retry_never_resumes_an_earlier_incarnations_checkpoint(data_root: Path, tmp_path: Path) -> None:
