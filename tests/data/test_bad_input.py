@@ -15,6 +15,7 @@ import pytest
 import yaml
 from fixtures import make_cub
 from helpers import NAME, SHARED, read_only, tiny_config
+from processes import patience
 
 from harness.cli import main
 from harness.data import get_dataset
@@ -242,20 +243,40 @@ def test_ctrl_c_while_decoding_is_one_line_and_prompt(
         return real(p, size)
 
     monkeypatch.setattr(harness.data.cache, "decode", slow)
+    consumed = [0]  # images the main thread took from the pool: where the interrupt lands
+    handling = threading.Event()  # the interrupt reached the cache: its cleanup began
+
+    class Counted(harness.data.cache.Progress):
+        def update(self, n: int = 1, note: str = "") -> None:
+            consumed[0] += n
+            super().update(n, note)
+
+    class Pool(harness.data.cache.ThreadPoolExecutor):
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            if cancel_futures:
+                handling.set()
+            super().shutdown(wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(harness.data.cache, "Progress", Counted)
+    monkeypatch.setattr(harness.data.cache, "ThreadPoolExecutor", Pool)
     done = threading.Event()
 
     def press_ctrl_c() -> None:
         started.wait(30)
         time.sleep(0.3)
-        # Python drops a KeyboardInterrupt that lands inside a finaliser or weakref
-        # callback ("Exception ignored in ..."), as it would a user's first Ctrl-C there:
-        # press again, as the user would, but only while decoding visibly goes on (a press
-        # during the interrupt's own handling would test something else).
-        while not done.is_set():
+        # Python drops a KeyboardInterrupt that lands inside a finaliser or weakref callback
+        # ("Exception ignored in ..."), as it would a user's first Ctrl-C there: press again, as
+        # the user would, but only once the main thread has visibly gone on past the last press
+        # (two more images taken), never while the interrupt is being handled. Pool threads'
+        # decodes say nothing here: they run on while a starved main thread has not yet looked.
+        deadline = time.monotonic() + patience(120)
+        while not (done.is_set() or handling.is_set()) and time.monotonic() < deadline:
             _thread.interrupt_main()
-            before = calls[0]
-            if done.wait(3) or calls[0] == before:  # decoding stopped: the interrupt is being handled
-                break
+            before = consumed[0]
+            while not (done.is_set() or handling.is_set()) and time.monotonic() < deadline:
+                if consumed[0] >= before + 2:
+                    break
+                time.sleep(0.01)
 
     gc.collect()  # leave no garbage from earlier tests whose finalisers could swallow the interrupt
     presser = threading.Thread(target=press_ctrl_c, daemon=True)
